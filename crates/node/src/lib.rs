@@ -1,1 +1,320 @@
-//! placeholder
+//! The meshsync embedding API: open a node on a data dir, declare schemas, read and write
+//! records, handle conflicts, and subscribe to changes. Writes return once durable and never wait
+//! for the network.
+//!
+//! ```no_run
+//! use meshsync_node::{Node, Schema, Policy};
+//! use serde_json::json;
+//!
+//! let node = Node::open("./shop-data")?;
+//! node.declare_schema("products", Schema {
+//!     fields: [("stock".to_string(), Policy::Counter)].into(),
+//!     ..Schema::default()
+//! })?;
+//! node.put("products", "tea", json!({"name": "Tea", "price": 2.5}))?;
+//! node.incr("products", "tea", "stock", json!(12))?;
+//! let tea = node.get("products", "tea")?.expect("just written");
+//! assert_eq!(tea.fields["stock"], 12.into());
+//! # Ok::<(), meshsync_node::NodeError>(())
+//! ```
+//!
+//! # Layout
+//! - `lib.rs`: [`Node`], its options and errors.
+//! - `identity`: the device id kept in the data dir.
+//! - `json`: conversions between the app's JSON and the core's values, and the record document.
+
+mod identity;
+mod json;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use meshsync_core::{name, Op};
+pub use meshsync_core::{DeviceId, Hlc, Policy, Schema, Value, VersionVector};
+pub use meshsync_store::{
+    ConflictDoc as Conflict, ConflictSide, Durability, ListPage, RecordDoc as Record, StoreEvent, LIST_LIMIT_MAX,
+};
+use meshsync_store::{LocalWrite, Store, StoreError, StoreOptions};
+use tokio::sync::broadcast;
+
+pub use json::{conflict_json, fields_from_json, record_json};
+
+/// Events buffered per subscriber before it starts to lag (and should resume from its cursor).
+pub const EVENT_BUFFER: usize = 4096;
+/// File name of the database inside the data dir.
+pub const DATABASE_FILE: &str = "meshsync.db";
+
+/// Options for [`Node::open_with`].
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// What an acknowledged write survives.
+    pub durability: Durability,
+    /// How far ahead of our clock a remote timestamp may be, in ms.
+    pub clock_drift_ms_max: u64,
+}
+
+impl Default for NodeOptions {
+    fn default() -> NodeOptions {
+        NodeOptions { durability: Durability::Process, clock_drift_ms_max: meshsync_core::CLOCK_DRIFT_MS_MAX_DEFAULT }
+    }
+}
+
+/// What can go wrong, in words an application can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Invalid input: a bad name, value, schema or operation.
+    #[error("{0}")]
+    Invalid(String),
+    /// The record does not exist.
+    #[error("record {collection}/{id} not found")]
+    NotFound {
+        /// The collection.
+        collection: String,
+        /// The record id.
+        id: String,
+    },
+    /// The write contradicts the merge rules (first-writer-wins field set, append-only record).
+    #[error("{0}")]
+    Rejected(String),
+    /// No conflict with that id.
+    #[error("no conflict with id {0:?}")]
+    UnknownConflict(String),
+    /// The data dir cannot be used.
+    #[error("data dir {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Storage failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+impl From<StoreError> for NodeError {
+    fn from(e: StoreError) -> NodeError {
+        use meshsync_core::WriteError as W;
+        match e {
+            StoreError::Write(W::NotFound) => NodeError::NotFound { collection: String::new(), id: String::new() },
+            StoreError::Write(
+                w @ (W::FieldAlreadySet { .. }
+                | W::AppendOnlyExists
+                | W::AppendOnlyImmutable { .. }
+                | W::NoConflict { .. }),
+            ) => NodeError::Rejected(w.to_string()),
+            StoreError::Write(w) => NodeError::Invalid(w.to_string()),
+            StoreError::Name(n) => NodeError::Invalid(n.to_string()),
+            StoreError::Value(v) => NodeError::Invalid(v.to_string()),
+            StoreError::Schema(s) => NodeError::Invalid(s.to_string()),
+            StoreError::BadCursor => NodeError::Invalid("invalid cursor".into()),
+            StoreError::UnknownConflict(id) => NodeError::UnknownConflict(id),
+            other => NodeError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// A query for [`Node::list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    /// Keep records whose field equals the value, for every entry.
+    pub filters: Vec<(String, serde_json::Value)>,
+    /// Continue after a previous page.
+    pub cursor: Option<String>,
+    /// Page size (1 to [`LIST_LIMIT_MAX`]; 0 means 100).
+    pub limit: usize,
+}
+
+/// Something that happened on this node.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// A committed change to the store.
+    Store(StoreEvent),
+}
+
+struct Inner {
+    dir: PathBuf,
+    device: DeviceId,
+    store: Store,
+    events: broadcast::Sender<Event>,
+}
+
+/// A meshsync node: one device's replica of its group's data. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+fn check_app_collection(collection: &str) -> Result<(), NodeError> {
+    name::check_collection(collection).map_err(|e| NodeError::Invalid(e.to_string()))
+}
+
+fn check_id(id: &str) -> Result<(), NodeError> {
+    name::check_record_id(id).map_err(|e| NodeError::Invalid(e.to_string()))
+}
+
+impl Node {
+    /// Opens the node whose data lives in `dir`, creating it on first use.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Node, NodeError> {
+        Node::open_with(dir, NodeOptions::default())
+    }
+
+    /// Opens with explicit options.
+    pub fn open_with(dir: impl AsRef<Path>, options: NodeOptions) -> Result<Node, NodeError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir).map_err(|e| NodeError::DataDir { path: dir.clone(), reason: e.to_string() })?;
+        let device = identity::load_or_create(&dir)?;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let sink_events = events.clone();
+        let store = Store::open_with_sink(
+            dir.join(DATABASE_FILE),
+            device,
+            StoreOptions { durability: options.durability, clock_drift_ms_max: options.clock_drift_ms_max },
+            Box::new(move |batch| {
+                for event in batch {
+                    // No subscribers is fine: events are also replayable from the store.
+                    let _ = sink_events.send(Event::Store(event.clone()));
+                }
+            }),
+        )
+        .map_err(|e| NodeError::DataDir { path: dir.clone(), reason: e.to_string() })?;
+        tracing::info!(device = %device, dir = %dir.display(), "node opened");
+        Ok(Node { inner: Arc::new(Inner { dir, device, store, events }) })
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> DeviceId {
+        self.inner.device
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The underlying store, for the sync and API layers.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Declares (or replaces) a collection's schema. Schemas replicate to the group like data.
+    pub fn declare_schema(&self, collection: &str, schema: Schema) -> Result<(), NodeError> {
+        check_app_collection(collection)?;
+        self.inner.store.put_schema(collection, &schema)?;
+        Ok(())
+    }
+
+    /// A collection's schema (the defaults if none was declared).
+    pub fn schema(&self, collection: &str) -> Result<Schema, NodeError> {
+        check_app_collection(collection)?;
+        Ok(self.inner.store.schema(collection)?.unwrap_or_default())
+    }
+
+    fn write(&self, collection: &str, id: &str, op: Op) -> Result<Record, NodeError> {
+        check_app_collection(collection)?;
+        check_id(id)?;
+        let outcome =
+            self.inner.store.write(LocalWrite { collection: collection.into(), id: id.into(), op }).map_err(|e| {
+                match NodeError::from(e) {
+                    NodeError::NotFound { .. } => NodeError::NotFound { collection: collection.into(), id: id.into() },
+                    other => other,
+                }
+            })?;
+        Ok(outcome.record)
+    }
+
+    /// Sets fields of a record (a partial update; creates the record if needed). `fields` is a
+    /// JSON object; the reserved key `_scope` sets the record's scope (a string, or null).
+    pub fn put(&self, collection: &str, id: &str, fields: serde_json::Value) -> Result<Record, NodeError> {
+        let (fields, scope, _) = fields_from_json(&fields)?;
+        self.write(collection, id, Op::Put { fields, scope })
+    }
+
+    /// Reads a live record.
+    pub fn get(&self, collection: &str, id: &str) -> Result<Option<Record>, NodeError> {
+        check_app_collection(collection)?;
+        check_id(id)?;
+        Ok(self.inner.store.get(collection, id)?.filter(|r| !r.deleted))
+    }
+
+    /// Deletes a record (a tombstone that replicates).
+    pub fn delete(&self, collection: &str, id: &str) -> Result<(), NodeError> {
+        self.write(collection, id, Op::Delete).map(|_| ())
+    }
+
+    /// Adds `by` (an integer or a float, possibly negative) to a counter field.
+    pub fn incr(&self, collection: &str, id: &str, field: &str, by: serde_json::Value) -> Result<Record, NodeError> {
+        let by = Value::from_json(&by).map_err(|e| NodeError::Invalid(e.to_string()))?;
+        self.write(collection, id, Op::Incr { field: field.into(), by })
+    }
+
+    /// Appends an immutable event. Without `id`, one is generated. Retrying with the same id
+    /// and content is harmless; the same id with other content is rejected.
+    pub fn append(&self, collection: &str, id: Option<&str>, fields: serde_json::Value) -> Result<Record, NodeError> {
+        let (fields, scope, _) = fields_from_json(&fields)?;
+        let generated;
+        let id = match id {
+            Some(id) => id,
+            None => {
+                generated = identity::event_id(self.inner.device);
+                &generated
+            }
+        };
+        self.write(collection, id, Op::Append { fields, scope: scope.flatten() })
+    }
+
+    /// Lists live records with equality filters and cursor paging.
+    pub fn list(&self, collection: &str, query: &ListQuery) -> Result<ListPage, NodeError> {
+        check_app_collection(collection)?;
+        let filters = query
+            .filters
+            .iter()
+            .map(|(field, value)| {
+                Ok((field.clone(), Value::from_json(value).map_err(|e| NodeError::Invalid(e.to_string()))?))
+            })
+            .collect::<Result<Vec<_>, NodeError>>()?;
+        let limit = if query.limit == 0 { 100 } else { query.limit };
+        if limit > LIST_LIMIT_MAX {
+            return Err(NodeError::Invalid(format!("limit must be at most {LIST_LIMIT_MAX}")));
+        }
+        Ok(self.inner.store.list(collection, &filters, query.cursor.as_deref(), limit)?)
+    }
+
+    /// Unresolved conflicts, oldest first.
+    pub fn conflicts(&self, limit: usize) -> Result<Vec<Conflict>, NodeError> {
+        Ok(self.inner.store.conflicts(limit)?)
+    }
+
+    /// Resolves a conflict by writing `value` over every concurrent version of the field
+    /// (`None` keeps the current winner). The resolution replicates like any write.
+    pub fn resolve(&self, conflict_id: &str, value: Option<serde_json::Value>) -> Result<Record, NodeError> {
+        let conflict =
+            self.inner.store.conflict(conflict_id)?.ok_or_else(|| NodeError::UnknownConflict(conflict_id.into()))?;
+        let value = match value {
+            Some(v) => Some(Value::from_json_checked(&v).map_err(|e| NodeError::Invalid(e.to_string()))?),
+            None => None,
+        };
+        self.write(&conflict.collection, &conflict.record, Op::Resolve { field: conflict.field, value })
+    }
+
+    /// Subscribes to events from now on. A subscriber that falls more than [`EVENT_BUFFER`]
+    /// events behind gets `Lagged` and should catch up with [`Node::events_since`].
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Replays record changes committed after `cursor` (an event's `lsn`).
+    pub fn events_since(&self, cursor: u64, limit: usize) -> Result<Vec<StoreEvent>, NodeError> {
+        Ok(self.inner.store.events_since(cursor, limit)?)
+    }
+
+    /// Publishes an event to subscribers (used by the sync and API layers).
+    pub fn publish(&self, event: Event) {
+        let _ = self.inner.events.send(event);
+    }
+
+    /// Waits for pending writes and closes the store. Reads still work; writes fail.
+    pub fn close(&self) {
+        self.inner.store.close();
+    }
+}
