@@ -23,6 +23,7 @@
 //! - `identity`: the device id kept in the data dir.
 //! - `json`: conversions between the app's JSON and the core's values, and the record document.
 
+pub mod config;
 mod identity;
 mod json;
 
@@ -51,11 +52,17 @@ pub struct NodeOptions {
     pub durability: Durability,
     /// How far ahead of our clock a remote timestamp may be, in ms.
     pub clock_drift_ms_max: u64,
+    /// Human name of this device.
+    pub name: String,
 }
 
 impl Default for NodeOptions {
     fn default() -> NodeOptions {
-        NodeOptions { durability: Durability::Process, clock_drift_ms_max: meshsync_core::CLOCK_DRIFT_MS_MAX_DEFAULT }
+        NodeOptions {
+            durability: Durability::Process,
+            clock_drift_ms_max: meshsync_core::CLOCK_DRIFT_MS_MAX_DEFAULT,
+            name: config::default_name(),
+        }
     }
 }
 
@@ -134,6 +141,8 @@ pub enum Event {
 
 struct Inner {
     dir: PathBuf,
+    name: std::sync::RwLock<String>,
+    started: std::time::Instant,
     device: DeviceId,
     store: Store,
     events: broadcast::Sender<Event>,
@@ -179,12 +188,31 @@ impl Node {
         )
         .map_err(|e| NodeError::DataDir { path: dir.clone(), reason: e.to_string() })?;
         tracing::info!(device = %device, dir = %dir.display(), "node opened");
-        Ok(Node { inner: Arc::new(Inner { dir, device, store, events }) })
+        let name = std::sync::RwLock::new(options.name);
+        Ok(Node { inner: Arc::new(Inner { dir, name, started: std::time::Instant::now(), device, store, events }) })
     }
 
     /// This device's id.
     pub fn device_id(&self) -> DeviceId {
         self.inner.device
+    }
+
+    /// This device's human name.
+    pub fn name(&self) -> String {
+        self.inner.name.read().expect("lock poisoned").clone()
+    }
+
+    /// Renames this device (validated like the `name` setting).
+    pub fn set_name(&self, name: &str) -> Result<(), NodeError> {
+        let candidate = config::Config { name: name.to_string(), ..config::Config::default() };
+        candidate.validate()?;
+        *self.inner.name.write().expect("lock poisoned") = name.to_string();
+        Ok(())
+    }
+
+    /// Time since this node was opened.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
     }
 
     /// The data dir.
