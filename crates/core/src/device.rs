@@ -113,11 +113,7 @@ impl FromStr for DeviceId {
     type Err = DeviceIdError;
 
     fn from_str(s: &str) -> Result<DeviceId, DeviceIdError> {
-        let chars: Vec<u8> = s
-            .bytes()
-            .filter(|b| *b != b'-' && *b != b' ')
-            .map(|b| b.to_ascii_uppercase())
-            .collect();
+        let chars: Vec<u8> = s.bytes().filter(|b| *b != b'-' && *b != b' ').map(|b| b.to_ascii_uppercase()).collect();
         if chars.len() != BODY_CHARS + 1 {
             return Err(DeviceIdError::Length { len: chars.len() });
         }

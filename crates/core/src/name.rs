@@ -14,7 +14,9 @@ pub const WRITE_FIELDS_MAX: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
     /// Collection names: 1-64 of `A-Z a-z 0-9 _ - .`, starting with a letter or digit.
-    #[error("collection name {0:?} is invalid: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit")]
+    #[error(
+        "collection name {0:?} is invalid: use 1-64 letters, digits, '_', '-' or '.', starting with a letter or digit"
+    )]
     Collection(String),
     /// Field names: 1-128 bytes, no control characters, not starting with `_`.
     #[error("field name {0:?} is invalid: use 1-128 characters without control characters, not starting with '_'")]

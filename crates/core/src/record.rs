@@ -358,13 +358,7 @@ impl RecordState {
 
     /// The highest timestamp held.
     pub fn max_hlc(&self) -> Hlc {
-        self.fields
-            .values()
-            .flatten()
-            .map(|v| v.hlc)
-            .chain(self.tombstone.map(|t| t.hlc))
-            .max()
-            .unwrap_or(Hlc::ZERO)
+        self.fields.values().flatten().map(|v| v.hlc).chain(self.tombstone.map(|t| t.hlc)).max().unwrap_or(Hlc::ZERO)
     }
 
     /// Reassembles what remains of the write `dot`, as a change to send to a peer.
@@ -381,7 +375,12 @@ impl RecordState {
         for (field, versions) in &self.fields {
             for v in versions.iter().filter(|v| v.dot == dot) {
                 hlc = Some(v.hlc);
-                cells.push(CellWrite { field: field.clone(), policy: v.policy, value: v.value.clone(), ctx: v.ctx.clone() });
+                cells.push(CellWrite {
+                    field: field.clone(),
+                    policy: v.policy,
+                    value: v.value.clone(),
+                    ctx: v.ctx.clone(),
+                });
             }
         }
         Some(Change { collection: collection.into(), record: record.into(), hlc: hlc?, dot, delete, cells })
@@ -426,7 +425,8 @@ impl RecordState {
         let versions = self.fields.get(field)?;
         let newest = versions.iter().max_by_key(|v| v.stamp())?;
         let start = versions.iter().position(|v| v.policy == newest.policy)?;
-        let end = versions[start..].iter().position(|v| v.policy != newest.policy).map_or(versions.len(), |n| start + n);
+        let end =
+            versions[start..].iter().position(|v| v.policy != newest.policy).map_or(versions.len(), |n| start + n);
         Some(&versions[start..end])
     }
 
@@ -543,7 +543,13 @@ impl RecordState {
         Ok(CellWrite { field: field.to_string(), policy: Policy::Counter, value: total, ctx: Ctx::new() })
     }
 
-    fn plan_field(&self, schema: &Schema, me: DeviceId, field: &str, value: &Value) -> Result<Option<CellWrite>, WriteError> {
+    fn plan_field(
+        &self,
+        schema: &Schema,
+        me: DeviceId,
+        field: &str,
+        value: &Value,
+    ) -> Result<Option<CellWrite>, WriteError> {
         let policy = schema.policy(field);
         let current = if self.policy(field) == Some(policy) { self.value(field) } else { None };
         let value = match policy {
@@ -556,7 +562,8 @@ impl RecordState {
                 if current == *value {
                     return Ok(None);
                 }
-                let delta = checked_sub(value, &current).ok_or_else(|| WriteError::CounterOverflow { field: field.to_string() })?;
+                let delta = checked_sub(value, &current)
+                    .ok_or_else(|| WriteError::CounterOverflow { field: field.to_string() })?;
                 return self.counter_cell(field, me, &delta).map(Some);
             }
             Policy::Fww => match current {
@@ -594,7 +601,12 @@ impl RecordState {
         if live && self.value(SCOPE_FIELD).unwrap_or(Value::Null) == value && self.fields.contains_key(SCOPE_FIELD) {
             return None;
         }
-        Some(CellWrite { field: SCOPE_FIELD.to_string(), policy: Policy::Lww, ctx: self.ctx_for(SCOPE_FIELD, Policy::Lww), value })
+        Some(CellWrite {
+            field: SCOPE_FIELD.to_string(),
+            policy: Policy::Lww,
+            ctx: self.ctx_for(SCOPE_FIELD, Policy::Lww),
+            value,
+        })
     }
 
     /// Works out what a local operation writes. `me` is this device. Pure: nothing changes
@@ -637,7 +649,11 @@ impl RecordState {
                     let same = current.fields.len() == fields.len()
                         && fields.iter().all(|(k, v)| current.fields.get(k) == Some(v))
                         && current.scope == *scope;
-                    return if same { Ok(Plan { delete: false, cells: Vec::new() }) } else { Err(WriteError::AppendOnlyExists) };
+                    return if same {
+                        Ok(Plan { delete: false, cells: Vec::new() })
+                    } else {
+                        Err(WriteError::AppendOnlyExists)
+                    };
                 }
                 let mut cells: Vec<CellWrite> = fields
                     .iter()
@@ -807,7 +823,11 @@ impl RecordState {
     pub fn decode(bytes: &[u8]) -> Result<RecordState, DecodeError> {
         let encoded: EncodedRecord = postcard::from_bytes(bytes).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
         let origin = |i: u32| {
-            encoded.origins.get(i as usize).copied().ok_or_else(|| DecodeError::Corrupt(format!("origin index {i} out of range")))
+            encoded
+                .origins
+                .get(i as usize)
+                .copied()
+                .ok_or_else(|| DecodeError::Corrupt(format!("origin index {i} out of range")))
         };
         let tombstone = match encoded.tombstone {
             Some((hlc, o, seq)) => Some(Tombstone { hlc: Hlc::from_u64(hlc), dot: Dot { origin: origin(o)?, seq } }),

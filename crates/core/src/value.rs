@@ -110,12 +110,9 @@ impl Value {
                 }
             }
             serde_json::Value::String(s) => Value::Str(s.clone()),
-            serde_json::Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|item| Self::from_json_at(item, depth + 1))
-                    .collect::<Result<_, _>>()?,
-            ),
+            serde_json::Value::Array(items) => {
+                Value::Array(items.iter().map(|item| Self::from_json_at(item, depth + 1)).collect::<Result<_, _>>()?)
+            }
             serde_json::Value::Object(map) => Value::Object(
                 map.iter()
                     .map(|(k, v)| Ok((k.clone(), Self::from_json_at(v, depth + 1)?)))
@@ -130,14 +127,14 @@ impl Value {
             Value::Null => serde_json::Value::Null,
             Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::Int(i) => serde_json::Value::from(*i),
-            Value::Float(f) => serde_json::Number::from_f64(*f)
-                .map(serde_json::Value::Number)
-                .unwrap_or(serde_json::Value::Null),
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or(serde_json::Value::Null)
+            }
             Value::Str(s) => serde_json::Value::String(s.clone()),
             Value::Array(items) => serde_json::Value::Array(items.iter().map(Value::to_json).collect()),
-            Value::Object(map) => serde_json::Value::Object(
-                map.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
-            ),
+            Value::Object(map) => {
+                serde_json::Value::Object(map.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+            }
         }
     }
 
@@ -228,7 +225,8 @@ mod tests {
 
     #[test]
     fn order_is_total_across_types() {
-        let values = [Value::Null, Value::Bool(false), Value::Int(1), Value::Float(1.0), Value::Float(1.5), Value::from("a")];
+        let values =
+            [Value::Null, Value::Bool(false), Value::Int(1), Value::Float(1.0), Value::Float(1.5), Value::from("a")];
         for pair in values.windows(2) {
             assert!(pair[0] < pair[1], "{:?} < {:?}", pair[0], pair[1]);
         }

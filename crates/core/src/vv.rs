@@ -161,7 +161,11 @@ mod tests {
 
     #[test]
     fn ctx_keeps_highest_per_origin_sorted() {
-        let ctx = Ctx::from_dots([Dot { origin: dev(2), seq: 1 }, Dot { origin: dev(1), seq: 4 }, Dot { origin: dev(2), seq: 7 }]);
+        let ctx = Ctx::from_dots([
+            Dot { origin: dev(2), seq: 1 },
+            Dot { origin: dev(1), seq: 4 },
+            Dot { origin: dev(2), seq: 7 },
+        ]);
         assert!(ctx.is_canonical());
         assert_eq!(ctx.dots().len(), 2);
         assert!(ctx.covers(&Dot { origin: dev(2), seq: 7 }));

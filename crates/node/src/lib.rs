@@ -137,7 +137,29 @@ pub struct ListQuery {
 pub enum Event {
     /// A committed change to the store.
     Store(StoreEvent),
+    /// An ephemeral message, sent here or received from a peer. Not stored.
+    Message(Message),
 }
+
+/// An ephemeral typed message between devices of a group.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    /// The sending device.
+    pub from: DeviceId,
+    /// The addressee, or `None` for the whole group.
+    pub to: Option<DeviceId>,
+    /// Application-chosen type, e.g. `"print-receipt"`.
+    pub kind: String,
+    /// Application data.
+    pub data: serde_json::Value,
+    /// When it was sent, in ms since the epoch.
+    pub sent_ms: u64,
+}
+
+/// Longest message type name, in bytes.
+pub const MESSAGE_KIND_BYTES_MAX: usize = 128;
+/// Largest message data, as JSON text.
+pub const MESSAGE_DATA_BYTES_MAX: usize = 64 << 10;
 
 struct Inner {
     dir: PathBuf,
@@ -334,6 +356,23 @@ impl Node {
     /// Replays record changes committed after `cursor` (an event's `lsn`).
     pub fn events_since(&self, cursor: u64, limit: usize) -> Result<Vec<StoreEvent>, NodeError> {
         Ok(self.inner.store.events_since(cursor, limit)?)
+    }
+
+    /// Sends an ephemeral message: delivered to this node's subscribers now, and to peers once
+    /// they are connected. Returns the message as sent.
+    pub fn send_message(&self, to: Option<DeviceId>, kind: &str, data: serde_json::Value) -> Result<Message, NodeError> {
+        if kind.is_empty() || kind.len() > MESSAGE_KIND_BYTES_MAX || kind.chars().any(char::is_control) {
+            return Err(NodeError::Invalid(format!("message type: use 1-{MESSAGE_KIND_BYTES_MAX} bytes without control characters")));
+        }
+        let bytes = data.to_string().len();
+        if bytes > MESSAGE_DATA_BYTES_MAX {
+            return Err(NodeError::Invalid(format!("message data is {bytes} bytes as JSON, the limit is {MESSAGE_DATA_BYTES_MAX}")));
+        }
+        Value::from_json(&data).map_err(|e| NodeError::Invalid(format!("message data: {e}")))?;
+        let sent_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let message = Message { from: self.inner.device, to, kind: kind.to_string(), data, sent_ms };
+        self.publish(Event::Message(message.clone()));
+        Ok(message)
     }
 
     /// Publishes an event to subscribers (used by the sync and API layers).
