@@ -106,7 +106,8 @@ pub fn default_name() -> String {
 impl Config {
     /// Parses TOML text and validates it.
     pub fn from_toml(text: &str) -> Result<Config, NodeError> {
-        let config: Config = toml::from_str(text).map_err(|e| NodeError::Invalid(format!("config: {}", e.to_string().trim())))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| NodeError::Invalid(format!("config: {}", e.to_string().trim())))?;
         config.validate()?;
         Ok(config)
     }
@@ -181,7 +182,9 @@ impl Config {
 pub fn check_peer_addr(peer: &str) -> Result<(), NodeError> {
     let ok = peer.len() <= 261
         && peer.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) && !host.chars().any(|c| c.is_whitespace() || c == '/')
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+                && !host.chars().any(|c| c.is_whitespace() || c == '/')
         });
     if ok {
         Ok(())

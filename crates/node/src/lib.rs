@@ -360,16 +360,28 @@ impl Node {
 
     /// Sends an ephemeral message: delivered to this node's subscribers now, and to peers once
     /// they are connected. Returns the message as sent.
-    pub fn send_message(&self, to: Option<DeviceId>, kind: &str, data: serde_json::Value) -> Result<Message, NodeError> {
+    pub fn send_message(
+        &self,
+        to: Option<DeviceId>,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> Result<Message, NodeError> {
         if kind.is_empty() || kind.len() > MESSAGE_KIND_BYTES_MAX || kind.chars().any(char::is_control) {
-            return Err(NodeError::Invalid(format!("message type: use 1-{MESSAGE_KIND_BYTES_MAX} bytes without control characters")));
+            return Err(NodeError::Invalid(format!(
+                "message type: use 1-{MESSAGE_KIND_BYTES_MAX} bytes without control characters"
+            )));
         }
         let bytes = data.to_string().len();
         if bytes > MESSAGE_DATA_BYTES_MAX {
-            return Err(NodeError::Invalid(format!("message data is {bytes} bytes as JSON, the limit is {MESSAGE_DATA_BYTES_MAX}")));
+            return Err(NodeError::Invalid(format!(
+                "message data is {bytes} bytes as JSON, the limit is {MESSAGE_DATA_BYTES_MAX}"
+            )));
         }
         Value::from_json(&data).map_err(|e| NodeError::Invalid(format!("message data: {e}")))?;
-        let sent_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let sent_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let message = Message { from: self.inner.device, to, kind: kind.to_string(), data, sent_ms };
         self.publish(Event::Message(message.clone()));
         Ok(message)
