@@ -12,7 +12,10 @@ pub const VALUE_DEPTH_MAX: usize = 32;
 pub const VALUE_BYTES_MAX: usize = 1 << 20;
 
 /// A JSON value. Integers and floats are kept apart so that counters add exactly.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+///
+/// Deserializing (from any serde format) refuses nesting deeper than [`VALUE_DEPTH_MAX`], so a
+/// hostile frame cannot exhaust the stack.
+#[derive(Clone, Debug, Serialize)]
 pub enum Value {
     /// `null`.
     Null,
@@ -52,7 +55,57 @@ pub enum ValueError {
     BadNumber(String),
 }
 
+/// The derived shape of [`Value`], used by its depth-limited `Deserialize`. The variants must
+/// match `Value`'s one for one, in order, so that both encode alike.
+#[derive(Deserialize)]
+#[serde(rename = "Value")]
+enum ValueRepr {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Array(Vec<Value>),
+    Object(BTreeMap<String, Value>),
+}
+
+thread_local! {
+    static DESERIALIZE_DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Value, D::Error> {
+        let depth = DESERIALIZE_DEPTH.with(|d| d.get());
+        if depth > VALUE_DEPTH_MAX {
+            return Err(serde::de::Error::custom(format!("value nested deeper than {VALUE_DEPTH_MAX} levels")));
+        }
+        DESERIALIZE_DEPTH.with(|d| d.set(depth + 1));
+        let result = ValueRepr::deserialize(deserializer);
+        DESERIALIZE_DEPTH.with(|d| d.set(depth));
+        Ok(match result? {
+            ValueRepr::Null => Value::Null,
+            ValueRepr::Bool(b) => Value::Bool(b),
+            ValueRepr::Int(i) => Value::Int(i),
+            ValueRepr::Float(f) => Value::Float(f),
+            ValueRepr::Str(s) => Value::Str(s),
+            ValueRepr::Array(items) => Value::Array(items),
+            ValueRepr::Object(map) => Value::Object(map),
+        })
+    }
+}
+
 impl Value {
+    /// Whether every number is finite: what decoding from a peer must check, since binary
+    /// formats can carry NaN where JSON cannot.
+    pub fn is_finite(&self) -> bool {
+        match self {
+            Value::Float(f) => f.is_finite(),
+            Value::Array(items) => items.iter().all(Value::is_finite),
+            Value::Object(map) => map.values().all(Value::is_finite),
+            _ => true,
+        }
+    }
+
     fn rank(&self) -> u8 {
         match self {
             Value::Null => 0,
@@ -221,6 +274,24 @@ mod tests {
         assert_eq!(Value::from_json(&deep), Err(ValueError::TooDeep { max: VALUE_DEPTH_MAX }));
         let big = json!("x".repeat(VALUE_BYTES_MAX + 1));
         assert!(matches!(Value::from_json_checked(&big), Err(ValueError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn binary_decoding_refuses_deep_nesting_and_round_trips() {
+        let mut deep = Value::Int(1);
+        for _ in 0..(VALUE_DEPTH_MAX + 5) {
+            deep = Value::Array(vec![deep]);
+        }
+        let bytes = postcard::to_stdvec(&deep).unwrap();
+        assert!(postcard::from_bytes::<Value>(&bytes).is_err());
+        // A hostile frame: a million nested arrays must fail cleanly, not overflow the stack.
+        let hostile: Vec<u8> = std::iter::repeat_n([5u8, 1u8], 1_000_000).flatten().collect();
+        assert!(postcard::from_bytes::<Value>(&hostile).is_err());
+        let ok = Value::from_json(&json!({"a": [1, 2.5, "x", null, {"b": true}]})).unwrap();
+        let bytes = postcard::to_stdvec(&ok).unwrap();
+        assert_eq!(postcard::from_bytes::<Value>(&bytes).unwrap(), ok);
+        assert!(ok.is_finite());
+        assert!(!Value::Array(vec![Value::Float(f64::NAN)]).is_finite());
     }
 
     #[test]

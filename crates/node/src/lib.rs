@@ -200,7 +200,11 @@ impl Node {
         let store = Store::open_with_sink(
             dir.join(DATABASE_FILE),
             device,
-            StoreOptions { durability: options.durability, clock_drift_ms_max: options.clock_drift_ms_max },
+            StoreOptions {
+                durability: options.durability,
+                clock_drift_ms_max: options.clock_drift_ms_max,
+                ..StoreOptions::default()
+            },
             Box::new(move |batch| {
                 for event in batch {
                     // No subscribers is fine: events are also replayable from the store.

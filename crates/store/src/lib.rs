@@ -30,7 +30,7 @@ use meshsync_core::{
 use rusqlite::{Connection, OpenFlags};
 
 pub use migrations::SCHEMA_VERSION;
-pub use read::ChangeScan;
+pub use read::{ChangePage, ChangeScan};
 
 /// Collection holding the schemas of the others, replicated like any data.
 pub const SCHEMAS_COLLECTION: &str = "_schemas";
@@ -70,6 +70,34 @@ impl std::str::FromStr for Durability {
     }
 }
 
+/// Where the store reads wall-clock time, in ms since the epoch. The system clock unless a
+/// test (a deterministic simulation, say) supplies its own.
+#[derive(Clone)]
+pub struct WallClock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl WallClock {
+    /// The system clock.
+    pub fn system() -> WallClock {
+        WallClock(Arc::new(now_ms))
+    }
+
+    /// A clock read from `source`.
+    pub fn from_fn(source: impl Fn() -> u64 + Send + Sync + 'static) -> WallClock {
+        WallClock(Arc::new(source))
+    }
+
+    /// The current time.
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WallClock")
+    }
+}
+
 /// Options for [`Store::open`].
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -77,11 +105,17 @@ pub struct StoreOptions {
     pub durability: Durability,
     /// How far ahead of our clock a remote timestamp may be.
     pub clock_drift_ms_max: u64,
+    /// Where time comes from.
+    pub clock: WallClock,
 }
 
 impl Default for StoreOptions {
     fn default() -> StoreOptions {
-        StoreOptions { durability: Durability::Process, clock_drift_ms_max: meshsync_core::CLOCK_DRIFT_MS_MAX_DEFAULT }
+        StoreOptions {
+            durability: Durability::Process,
+            clock_drift_ms_max: meshsync_core::CLOCK_DRIFT_MS_MAX_DEFAULT,
+            clock: WallClock::system(),
+        }
     }
 }
 

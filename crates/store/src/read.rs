@@ -271,6 +271,93 @@ impl Store {
         })
     }
 
+    /// One page of a sync stream: the changes above `cursor` (at most `limit` of them, about
+    /// `bytes_max` bytes), in (origin, seq) order, read in one snapshot. The returned cursor is
+    /// where the next page starts; for every origin it passed entirely, it is this store's own
+    /// vector entry, so the receiver may raise its vector that far (what lies between was
+    /// superseded by changes it gets from other origins).
+    pub fn changes_page(
+        &self,
+        cursor: &VersionVector,
+        filter: &ScopeFilter,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<ChangePage, StoreError> {
+        let limit = limit.max(1);
+        self.readers.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let mut vector = VersionVector::new();
+            let mut origins = Vec::new();
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT d.idx, d.id, v.seq FROM vv v JOIN devices d ON d.idx = v.origin ORDER BY d.id",
+                )?;
+                let rows: Vec<(i64, Vec<u8>, i64)> =
+                    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+                for (idx, bytes, seq) in rows {
+                    if let Some(device) = device_from(&bytes) {
+                        vector.observe(Dot { origin: device, seq: seq as u64 });
+                        origins.push((idx, device, seq as u64));
+                    }
+                }
+            }
+            let mut next = cursor.clone();
+            let mut changes = Vec::new();
+            let mut bytes = 0usize;
+            let mut skipped = 0u64;
+            let mut stmt = tx.prepare_cached(
+                "SELECT x.seq, c.name, x.key, r.scope, r.state FROM changes x
+                 JOIN records r ON r.coll = x.coll AND r.key = x.key JOIN collections c ON c.idx = x.coll
+                 WHERE x.origin = ?1 AND x.seq > ?2 ORDER BY x.seq LIMIT ?3",
+            )?;
+            'origins: for (idx, origin, top) in origins {
+                let mut from = cursor.get(&origin);
+                while from < top {
+                    let want = (limit - changes.len()).min(SCAN_PAGE_ROWS);
+                    let rows: Vec<(i64, String, String, Option<String>, Vec<u8>)> = stmt
+                        .query_map(params![idx, from as i64, want as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                        })?
+                        .collect::<Result<_, _>>()?;
+                    let short = rows.len() < want;
+                    for (seq, collection, key, scope, state) in rows {
+                        from = seq as u64;
+                        if !filter.allows(scope.as_deref()) {
+                            skipped += 1;
+                            continue;
+                        }
+                        let state = RecordState::decode(&state)?;
+                        if let Some(change) = state.change_for(&collection, &key, Dot { origin, seq: seq as u64 }) {
+                            bytes +=
+                                64 + change.cells.iter().map(|c| c.field.len() + c.value.json_len()).sum::<usize>();
+                            changes.push(change);
+                        }
+                    }
+                    if short {
+                        // Nothing left from this origin up to our vector entry.
+                        from = top;
+                    }
+                    next.observe(Dot { origin, seq: from });
+                    if changes.len() >= limit || bytes >= bytes_max {
+                        break 'origins;
+                    }
+                }
+                next.observe(Dot { origin, seq: top.max(cursor.get(&origin)) });
+            }
+            drop(stmt);
+            tx.finish()?;
+            let remaining = next.lag_behind(&vector);
+            Ok(ChangePage {
+                changes,
+                cursor: next,
+                exhausted: remaining == 0,
+                remaining,
+                vector,
+                skipped_out_of_scope: skipped,
+            })
+        })
+    }
+
     /// Runs `PRAGMA integrity_check`; `Ok(())` when SQLite answers "ok".
     pub fn integrity_check(&self) -> Result<Result<(), String>, StoreError> {
         self.readers.with(|conn| {
@@ -301,6 +388,23 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// One page of a sync stream; see [`Store::changes_page`].
+#[derive(Clone, Debug, Default)]
+pub struct ChangePage {
+    /// The changes, in (origin, seq) order.
+    pub changes: Vec<Change>,
+    /// Where the next page starts; the receiver may raise its vector to it once these are applied.
+    pub cursor: VersionVector,
+    /// Whether nothing remains above `cursor`.
+    pub exhausted: bool,
+    /// Upper bound of the changes still to come (sequence numbers between cursor and vector).
+    pub remaining: u64,
+    /// This store's version vector at the snapshot.
+    pub vector: VersionVector,
+    /// Changes withheld because their record is outside the filter.
+    pub skipped_out_of_scope: u64,
 }
 
 /// A streaming scan of changes above a version vector. Each page is one short read, so a long

@@ -15,8 +15,9 @@ use meshsync_core::{
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::{
-    now_ms, schema_from_value, ApplyOutcome, EventSink, LocalWrite, RecordDoc, RemoteBatch, StoreError, StoreEvent,
-    StoreOptions, WriteOutcome, GROUP_COMMIT_REQUESTS_MAX, REMOTE_BATCH_CHANGES_MAX, SCHEMAS_COLLECTION, SCHEMA_FIELD,
+    schema_from_value, ApplyOutcome, EventSink, LocalWrite, RecordDoc, RemoteBatch, StoreError, StoreEvent,
+    StoreOptions, WallClock, WriteOutcome, GROUP_COMMIT_REQUESTS_MAX, REMOTE_BATCH_CHANGES_MAX, SCHEMAS_COLLECTION,
+    SCHEMA_FIELD,
 };
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -56,6 +57,7 @@ pub(crate) struct Writer {
     collections: HashMap<String, i64>,
     schemas: HashMap<String, Schema>,
     sink: EventSink,
+    wall: WallClock,
 }
 
 struct Row {
@@ -129,6 +131,7 @@ impl Writer {
             collections,
             schemas: HashMap::new(),
             sink,
+            wall: options.clock.clone(),
         })
     }
 
@@ -353,7 +356,7 @@ impl Writer {
             let record = doc(&write.collection, &write.id, &row.state, row.lsn);
             return Ok(WriteOutcome { dot: None, record });
         }
-        let now = now_ms();
+        let now = self.wall.now_ms();
         let hlc = self.counters.clock.tick(now);
         self.counters.seq += 1;
         let dot = Dot { origin: self.me, seq: self.counters.seq };
@@ -372,7 +375,7 @@ impl Writer {
                 REMOTE_BATCH_CHANGES_MAX
             )));
         }
-        let now = now_ms();
+        let now = self.wall.now_ms();
         for change in &batch.changes {
             validate_remote(change)?;
             self.counters.clock.check(change.hlc, now)?;
@@ -583,6 +586,9 @@ fn validate_remote(change: &Change) -> Result<(), StoreError> {
             return Err(invalid("a write cannot supersede itself".into()));
         }
         check_value_size(&cell.value).map_err(|e| invalid(e.to_string()))?;
+        if !cell.value.is_finite() {
+            return Err(invalid(format!("field {:?} holds a number that is not finite", cell.field)));
+        }
     }
     Ok(())
 }

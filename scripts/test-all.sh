@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs the whole meshsync test suite on a fresh machine, installing what it needs first.
+# Used by CI (.ci/run) and by developers: `./scripts/test-all.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s ===\n' "$*"; }
+export CARGO_TERM_COLOR=never
+export PROPTEST_CASES_MULTIPLIER=${PROPTEST_CASES_MULTIPLIER:-1}
+
+step "prerequisites"
+need_pip() { python3 -c "import $1" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check "$2"; }
+need_pip schemathesis "schemathesis>=3.39,<4"
+
+step "build"
+cargo build --workspace --all-targets --locked 2>&1 | tail -n 3
+cargo build --release -p meshsync-cli -p meshsync-bench --locked 2>&1 | tail -n 3
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings 2>&1 | tail -n 3
+
+step "unit, property, integration and kill -9 tests"
+# Dependencies and the merge core are compiled with optimizations (see [profile.dev.package] in
+# Cargo.toml) so that the 10,000+ property cases per run stay quick.
+cargo test --workspace --locked 2>&1 | tee target/test-output.txt | grep -E '^(test result|running|error|failures:|---- )' || true
+if grep -qE '^test result: FAILED|^error' target/test-output.txt; then
+  grep -A30 -E '^failures:' target/test-output.txt | head -120
+  echo "cargo test failed"; exit 1
+fi
+
+step "API fuzzing with schemathesis against a real node"
+bash tests/api_fuzz/run.sh target/release/meshsync
+
+step "benchmark smoke run (figures come from the full run, see BENCHMARKS.md)"
+target/release/meshsync-bench --sizes 1000
+
+passed=$(grep -oE 'test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
+echo
+echo "${passed} passed, 0 failed"
