@@ -14,6 +14,9 @@ use crate::{
     StoreEvent, LIST_LIMIT_MAX, SCHEMAS_COLLECTION,
 };
 
+/// A row of a change scan: seq, collection, record id, scope, record state.
+type ChangeRow = (i64, String, String, Option<String>, Vec<u8>);
+
 /// Rows fetched per step of a filtered list or a change scan.
 const SCAN_PAGE_ROWS: usize = 512;
 
@@ -53,7 +56,7 @@ fn encode_cursor(key: &str) -> String {
 }
 
 fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
-    if cursor.len() % 2 != 0 || cursor.len() > 2 * meshsync_core::name::RECORD_ID_BYTES_MAX {
+    if !cursor.len().is_multiple_of(2) || cursor.len() > 2 * meshsync_core::name::RECORD_ID_BYTES_MAX {
         return Err(StoreError::BadCursor);
     }
     let bytes = (0..cursor.len())
@@ -314,7 +317,7 @@ impl Store {
                 let mut from = cursor.get(&origin);
                 while from < top {
                     let want = (limit - changes.len()).min(SCAN_PAGE_ROWS);
-                    let rows: Vec<(i64, String, String, Option<String>, Vec<u8>)> = stmt
+                    let rows: Vec<ChangeRow> = stmt
                         .query_map(params![idx, from as i64, want as i64], |r| {
                             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                         })?
@@ -435,7 +438,7 @@ impl ChangeScan {
     pub fn next_page(&mut self) -> Result<Vec<Change>, StoreError> {
         while let Some(&(idx, origin, from)) = self.origins.first() {
             let page_rows = self.page_rows;
-            let rows: Vec<(i64, String, String, Option<String>, Vec<u8>)> = self.readers.with(|conn| {
+            let rows: Vec<ChangeRow> = self.readers.with(|conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT x.seq, c.name, x.key, r.scope, r.state FROM changes x
                      JOIN records r ON r.coll = x.coll AND r.key = x.key JOIN collections c ON c.idx = x.coll
@@ -453,7 +456,9 @@ impl ChangeScan {
             }
             let mut out = Vec::with_capacity(rows.len());
             for (seq, collection, key, scope, bytes) in rows {
-                self.origins.first_mut().filter(|o| o.0 == idx).map(|o| o.2 = seq as u64);
+                if let Some(position) = self.origins.first_mut().filter(|o| o.0 == idx) {
+                    position.2 = seq as u64;
+                }
                 if !self.filter.allows(scope.as_deref()) {
                     self.skipped_out_of_scope += 1;
                     continue;
