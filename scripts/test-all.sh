@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # Runs the whole meshsync test suite on a fresh machine, installing what it needs first.
-# Used by CI (.ci/run) and by developers: `./scripts/test-all.sh`.
+# Used by CI (.ci/run) and by developers: `./scripts/test-all.sh`. The API fuzzing step installs
+# its own pinned schemathesis into target/api-fuzz-venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s ===\n' "$*"; }
 export CARGO_TERM_COLOR=never
 export PROPTEST_CASES_MULTIPLIER=${PROPTEST_CASES_MULTIPLIER:-1}
-
-step "prerequisites"
-need_pip() { python3 -c "import $1" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check "$2"; }
-need_pip schemathesis "schemathesis>=3.39,<4"
 
 step "build"
 cargo build --workspace --all-targets --locked 2>&1 | tail -n 3

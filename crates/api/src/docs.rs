@@ -1,0 +1,367 @@
+//! The frame of the OpenAPI document (title, security schemes, tags) and the types that only
+//! describe responses. Responses are built from the node's documents (`record_json`,
+//! `conflict_json`) and small `json!` values; the types here say what those contain, and a test
+//! checks real responses against them so the two cannot drift apart.
+#![allow(dead_code)] // The structs are read by the derive macros only.
+
+use std::collections::BTreeMap;
+
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "meshsync local API",
+        description = "The local HTTP API of one meshsync node. Send `Authorization: Bearer <token>`; the token \
+                       is in `<data-dir>/api-token`. GET requests may carry it as `?token=` instead (for \
+                       EventSource, WebSocket and the dashboard link). Errors are \
+                       `{\"error\":{\"code\":\"..\",\"message\":\"..\"}}`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    modifiers(&Security),
+    components(schemas(ErrorBody, ErrorDetail)),
+    tags(
+        (name = "records", description = "Records of application collections"),
+        (name = "schemas", description = "Merge policies of collections"),
+        (name = "conflicts", description = "Values that lost to a concurrent write"),
+        (name = "live", description = "Event stream and messages"),
+        (name = "node", description = "Status, settings, metrics"),
+        (name = "peers", description = "Peers and sync"),
+        (name = "group", description = "Invites, members and audit"),
+    )
+)]
+struct Frame;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme("query_token", SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::new("token"))));
+        openapi.security = Some(vec![
+            SecurityRequirement::new("bearer", Vec::<String>::new()),
+            SecurityRequirement::new("query_token", Vec::<String>::new()),
+        ]);
+    }
+}
+
+/// The document before routes add their paths.
+pub(crate) fn frame() -> utoipa::openapi::OpenApi {
+    Frame::openapi()
+}
+
+/// The error answers every authenticated endpoint may give, each with an [`ErrorBody`].
+pub(crate) struct Errors;
+
+impl utoipa::IntoResponses for Errors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        [
+            ("400", "Malformed JSON, query string or path (bad_json, bad_query, bad_path)"),
+            ("401", "No or wrong token (unauthorized)"),
+            ("403", "Foreign Host or Origin header (forbidden_host, forbidden_origin)"),
+            ("404", "No such record, conflict, peer or member (not_found)"),
+            ("409", "Refused by the merge rules or the node's state (rejected, sync_unavailable, ...)"),
+            ("413", "Body larger than api_body_bytes_max (too_large)"),
+            ("415", "Body not sent as application/json (unsupported_media_type)"),
+            ("422", "Well-formed but invalid input: names, types, values, settings (invalid)"),
+        ]
+        .into_iter()
+        .map(|(status, description)| {
+            let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();
+            (
+                status.to_string(),
+                ResponseBuilder::new().description(description).content("application/json", content).build().into(),
+            )
+        })
+        .collect()
+    }
+}
+
+/// The error body of every 4xx and 5xx answer.
+#[derive(ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Stable code, e.g. `invalid`, `not_found`, `forbidden_host`.
+    code: String,
+    /// What went wrong and what to do, for people.
+    message: String,
+}
+
+/// Fields to set: any JSON values by field name. `_scope` (string or null) sets the record's
+/// scope; `_id` names an appended event; other names starting with `_` are refused.
+#[derive(ToSchema)]
+pub(crate) struct FieldsBody(BTreeMap<String, serde_json::Value>);
+
+/// A record as the application sees it.
+#[derive(ToSchema)]
+pub(crate) struct RecordDocument {
+    collection: String,
+    id: String,
+    /// Visible field values.
+    fields: BTreeMap<String, serde_json::Value>,
+    scope: Option<String>,
+    deleted: bool,
+    /// Time of the newest change, RFC 3339.
+    updated_at: String,
+    /// Unresolved conflicts on this record.
+    conflicts: u64,
+    /// Event cursor of the record's last change: `GET /v1/events?cursor=` resumes after it.
+    cursor: u64,
+}
+
+/// A page of records.
+#[derive(ToSchema)]
+pub(crate) struct RecordList {
+    records: Vec<RecordDocument>,
+    /// Pass as `?cursor=` for the next page; null on the last page.
+    next: Option<String>,
+}
+
+/// A collection's merge rules, with whether they were declared or are the defaults.
+#[derive(ToSchema)]
+pub(crate) struct SchemaDocument {
+    collection: String,
+    /// Policy per field: `lww`, `fww`, `counter`, `max` or `min`.
+    fields: BTreeMap<String, String>,
+    /// Policy of fields not listed.
+    default: String,
+    append_only: bool,
+    /// False when no schema was declared and these are the defaults.
+    declared: bool,
+}
+
+/// One side of a conflict.
+#[derive(ToSchema)]
+pub(crate) struct ConflictSideDocument {
+    value: serde_json::Value,
+    /// Device id of the writer.
+    device: String,
+    /// RFC 3339.
+    at: String,
+}
+
+/// A value that lost to a concurrent write, kept until resolved.
+#[derive(ToSchema)]
+pub(crate) struct ConflictDocument {
+    id: String,
+    collection: String,
+    record: String,
+    field: String,
+    kept: ConflictSideDocument,
+    lost: ConflictSideDocument,
+    /// RFC 3339.
+    detected_at: String,
+}
+
+/// Unresolved conflicts, oldest first.
+#[derive(ToSchema)]
+pub(crate) struct ConflictList {
+    conflicts: Vec<ConflictDocument>,
+}
+
+/// An ephemeral message as sent.
+#[derive(ToSchema)]
+pub(crate) struct MessageDocument {
+    /// Sending device.
+    from: String,
+    /// Addressee, or null for the whole group.
+    to: Option<String>,
+    /// Application-chosen type.
+    r#type: String,
+    data: serde_json::Value,
+    /// RFC 3339.
+    sent_at: String,
+}
+
+/// Peer counts in the status.
+#[derive(ToSchema)]
+pub(crate) struct PeerCounts {
+    connected: u64,
+    known: u64,
+}
+
+/// The node at a glance.
+#[derive(ToSchema)]
+pub(crate) struct Status {
+    device_id: String,
+    name: String,
+    /// Null until nodes form groups.
+    group_id: Option<String>,
+    /// meshsync version.
+    version: String,
+    /// Whether sync is paused.
+    paused: bool,
+    /// Live application records.
+    records: u64,
+    /// Unresolved conflicts.
+    conflicts: u64,
+    peers: PeerCounts,
+    /// Seconds since the node opened.
+    uptime_s: u64,
+    /// The last event cursor: read your records after noting it, then watch
+    /// `GET /v1/events?cursor=` from it to miss nothing.
+    cursor: u64,
+}
+
+/// A peer the node knows.
+#[derive(ToSchema)]
+pub(crate) struct PeerDocument {
+    /// Null until the peer has been reached.
+    device_id: Option<String>,
+    name: Option<String>,
+    addrs: Vec<String>,
+    /// `connected`, `connecting` or `disconnected`.
+    state: String,
+    /// Where the node learned of it: `mdns`, `beacon`, `static`, `invite`, `pex`, `rendezvous`.
+    sources: Vec<String>,
+    last_seen: Option<String>,
+    rtt_ms: Option<f64>,
+    last_sync: Option<String>,
+    /// Changes the peer has that we lack.
+    lag: Option<u64>,
+}
+
+/// Known peers.
+#[derive(ToSchema)]
+pub(crate) struct PeerList {
+    peers: Vec<PeerDocument>,
+}
+
+/// A removed static peer.
+#[derive(ToSchema)]
+pub(crate) struct PeerRemoved {
+    removed: String,
+}
+
+/// The outcome of a connection test.
+#[derive(ToSchema)]
+pub(crate) struct PeerTest {
+    /// The address tried.
+    addr: String,
+    reachable: bool,
+    /// Time to connect, when reachable.
+    rtt_ms: Option<f64>,
+    /// Why not, when unreachable.
+    error: Option<String>,
+}
+
+/// Whether sync is paused.
+#[derive(ToSchema)]
+pub(crate) struct Paused {
+    paused: bool,
+}
+
+/// The answer to a reconnect request.
+#[derive(ToSchema)]
+pub(crate) struct Reconnecting {
+    /// Peer links that will be re-dialed.
+    reconnecting: u64,
+}
+
+/// Sync progress.
+#[derive(ToSchema)]
+pub(crate) struct SyncState {
+    paused: bool,
+    /// Highest change number seen from each device.
+    vector: BTreeMap<String, u64>,
+    /// Per-peer sync state (empty without peer links).
+    peers: Vec<serde_json::Value>,
+}
+
+/// A member of the group.
+#[derive(ToSchema)]
+pub(crate) struct Member {
+    device_id: String,
+    name: String,
+    /// `admin`, `writer` or `reader`.
+    role: String,
+    /// Scopes granted; empty for an admin, who sees every scope.
+    scopes: Vec<String>,
+    revoked: bool,
+}
+
+/// The group's members.
+#[derive(ToSchema)]
+pub(crate) struct MemberList {
+    members: Vec<Member>,
+}
+
+/// One audit entry.
+#[derive(ToSchema)]
+pub(crate) struct AuditEntry {
+    at: String,
+    kind: String,
+    device: Option<String>,
+    detail: serde_json::Value,
+}
+
+/// The audit log, newest first.
+#[derive(ToSchema)]
+pub(crate) struct AuditLog {
+    entries: Vec<AuditEntry>,
+}
+
+/// An invite (answer shape; not issued by this build).
+#[derive(ToSchema)]
+pub(crate) struct Invite {
+    code: String,
+    expires_at: String,
+    qr_svg: String,
+}
+
+/// The settings, as in the TOML file (see docs/config.md).
+#[derive(ToSchema)]
+pub(crate) struct ConfigDocument(BTreeMap<String, serde_json::Value>);
+
+/// The settings after an update, with the changed settings that take effect on restart.
+#[derive(ToSchema)]
+pub(crate) struct ConfigUpdated(BTreeMap<String, serde_json::Value>);
+
+/// The OpenAPI document.
+#[derive(ToSchema)]
+pub(crate) struct OpenApiJson(BTreeMap<String, serde_json::Value>);
+
+/// Path parameters naming a collection.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct CollectionPath {
+    /// Collection name: letters, digits, `_ - .`, starting with a letter or digit.
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    collection: String,
+}
+
+/// Path parameters naming a record.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct RecordPath {
+    /// Collection name: letters, digits, `_ - .`, starting with a letter or digit.
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    collection: String,
+    /// Record id: 1-256 bytes without control characters.
+    #[param(min_length = 1, max_length = 256, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")]
+    id: String,
+}
+
+/// Path parameter naming a device.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct DevicePath {
+    /// Device id, as shown by `GET /v1/status` (three groups of nine of `A-Z 2-7`).
+    #[param(pattern = "^[A-Z2-7]{9}-[A-Z2-7]{9}-[A-Z2-7]{9}$")]
+    device: String,
+}

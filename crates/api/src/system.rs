@@ -1,0 +1,185 @@
+//! The node as a whole: status, settings (read, and update with validation), Prometheus metrics,
+//! the OpenAPI document and the dashboard shell.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use axum::{Extension, Json};
+use meshsync_node::config::Config;
+use serde_json::{json, Value};
+
+use crate::docs::{ConfigDocument, ConfigUpdated, Errors, OpenApiJson, Status};
+use crate::extract::{blocking, clip, JsonBody};
+use crate::{ApiError, ApiState};
+
+/// Settings applied while the node runs; a change to any other setting needs a restart.
+/// The API reads `api_*` on every request, and static peers are read when they are dialed.
+const LIVE_SETTINGS: [&str; 5] = ["name", "peers", "api_body_bytes_max", "api_allowed_hosts", "api_allowed_origins"];
+
+/// The OpenAPI document as served, rendered once when the router is built.
+#[derive(Clone)]
+pub(crate) struct OpenApiDocument(pub Arc<String>);
+
+/// The dashboard. For now a page that says it comes later; it needs no token to load.
+#[utoipa::path(
+    get, path = "/", tag = "node", security(()),
+    responses((status = 200, description = "The dashboard page", content_type = "text/html", body = String))
+)]
+pub(crate) async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD_HTML)
+}
+
+const DASHBOARD_HTML: &str = r#"<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>meshsync</title>
+<style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}code{background:#eee;padding:0 .2em}</style>
+</head>
+<body>
+<h1>meshsync</h1>
+<p>This node is running. The dashboard comes in a later version.</p>
+<p>Until then, use the HTTP API (described in <a href="/v1/openapi.json">/v1/openapi.json</a>)
+with the token from <code>&lt;data-dir&gt;/api-token</code>, or the <code>meshsync</code> command line:
+<code>meshsync status</code>, <code>meshsync list COLLECTION</code>, <code>meshsync watch</code>.</p>
+</body>
+</html>
+"#;
+
+/// The OpenAPI document of this API.
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "node", security(()),
+    responses((status = 200, description = "OpenAPI 3.1 document", body = OpenApiJson))
+)]
+pub(crate) async fn openapi_json(Extension(OpenApiDocument(document)): Extension<OpenApiDocument>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], document.as_str().to_owned()).into_response()
+}
+
+/// Metrics in the Prometheus (OpenMetrics) text format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "node",
+    responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text", body = String), Errors)
+)]
+pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let (records, conflicts, _) = counts(&state).await?;
+    let text = state.shared.metrics.render(records, conflicts, state.node().uptime().as_secs_f64());
+    Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
+}
+
+/// Live records, unresolved conflicts and the last event cursor.
+async fn counts(state: &ApiState) -> Result<(u64, u64, u64), ApiError> {
+    let node = state.node().clone();
+    blocking(move || {
+        let store = node.store();
+        let count = |r: Result<u64, meshsync_store::StoreError>| r.map_err(|e| crate::error::from_store(e, "", ""));
+        Ok((count(store.record_count())?, count(store.conflict_count())?, count(store.last_lsn())?))
+    })
+    .await
+}
+
+/// The node at a glance.
+#[utoipa::path(
+    get, path = "/v1/status", tag = "node",
+    responses((status = 200, description = "Status", body = Status), Errors)
+)]
+pub(crate) async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    let (records, conflicts, cursor) = counts(&state).await?;
+    let node = state.node();
+    let known = state.config().peers.len();
+    Ok(Json(json!({
+        "device_id": node.device_id().to_string(),
+        "name": node.name(),
+        "group_id": null,
+        "version": env!("CARGO_PKG_VERSION"),
+        "paused": state.paused(),
+        "records": records,
+        "conflicts": conflicts,
+        "peers": {"connected": 0, "known": known},
+        "uptime_s": node.uptime().as_secs(),
+        "cursor": cursor,
+    })))
+}
+
+fn config_json(config: &Config) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match serde_json::to_value(config) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(ApiError::Internal("the settings do not serialize as an object".into())),
+    }
+}
+
+/// The node's settings.
+#[utoipa::path(
+    get, path = "/v1/config", tag = "node",
+    responses((status = 200, description = "The settings", body = ConfigDocument), Errors)
+)]
+pub(crate) async fn get_config(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(Value::Object(config_json(&state.config())?)))
+}
+
+/// Change settings. The body holds the settings to change (others keep their values); the
+/// result is validated as a whole, saved to the config file, and `name` applies at once. The
+/// answer is the new settings plus `restart_required`: the changed settings that take effect
+/// on the next start.
+#[utoipa::path(
+    put, path = "/v1/config", tag = "node",
+    request_body = ConfigDocument,
+    responses((status = 200, description = "The settings now saved", body = ConfigUpdated), Errors)
+)]
+pub(crate) async fn put_config(
+    State(state): State<ApiState>,
+    JsonBody(changes): JsonBody<serde_json::Map<String, Value>>,
+) -> Result<Json<Value>, ApiError> {
+    let _serialized = state.shared.config_update.lock().await;
+    let old = state.config();
+    let mut merged = config_json(&old)?;
+    for (key, value) in changes {
+        if !merged.contains_key(&key) {
+            return Err(ApiError::Invalid(format!(
+                "unknown setting {:?}; see GET /v1/config for the settings",
+                clip(&key)
+            )));
+        }
+        merged.insert(key, value);
+    }
+    let new: Config =
+        serde_json::from_value(Value::Object(merged)).map_err(|e| ApiError::Invalid(format!("settings: {e}")))?;
+    new.validate()?;
+    let old_json = config_json(&old)?;
+    let new_json = config_json(&new)?;
+    let restart_required: Vec<&String> = new_json
+        .iter()
+        .filter(|(key, value)| old_json.get(*key) != Some(value) && !LIVE_SETTINGS.contains(&key.as_str()))
+        .map(|(key, _)| key)
+        .collect();
+    if new != old {
+        if let Some(path) = state.shared.config_path.clone() {
+            let to_save = new.clone();
+            blocking(move || Ok(to_save.save(&path)?)).await?;
+        }
+        if new.name != old.name {
+            state.node().set_name(&new.name)?;
+        }
+        *state.shared.config.write().expect("lock poisoned") = new.clone();
+    }
+    let mut answer = new_json.clone();
+    answer.insert("restart_required".into(), json!(restart_required));
+    Ok(Json(Value::Object(answer)))
+}
+
+/// Saves settings changed by another endpoint (static peers), serialized with `PUT /v1/config`.
+pub(crate) async fn update_config(
+    state: &ApiState,
+    change: impl FnOnce(&mut Config) -> Result<(), ApiError>,
+) -> Result<Config, ApiError> {
+    let _serialized = state.shared.config_update.lock().await;
+    let mut new = state.config();
+    change(&mut new)?;
+    new.validate()?;
+    if let Some(path) = state.shared.config_path.clone() {
+        let to_save = new.clone();
+        blocking(move || Ok(to_save.save(&path)?)).await?;
+    }
+    *state.shared.config.write().expect("lock poisoned") = new.clone();
+    Ok(new)
+}

@@ -1,0 +1,211 @@
+//! The OpenAPI document matches the real router and the contract: every documented operation is
+//! routed, no path has an undocumented method, routes are declared only where the document sees
+//! them, every endpoint of DESIGN.md section 6 is there, and real responses have the documented
+//! fields.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use axum::http::{Method, StatusCode};
+use common::{make_conflict, Fixture};
+use serde_json::{json, Value};
+
+/// The endpoints of the contract (DESIGN.md section 6), plus the document itself.
+const CONTRACT: [(&str, &str); 30] = [
+    ("PUT", "/v1/c/{collection}/{id}"),
+    ("GET", "/v1/c/{collection}/{id}"),
+    ("DELETE", "/v1/c/{collection}/{id}"),
+    ("GET", "/v1/c/{collection}"),
+    ("POST", "/v1/c/{collection}/{id}/incr"),
+    ("POST", "/v1/c/{collection}"),
+    ("PUT", "/v1/schema/{collection}"),
+    ("GET", "/v1/schema/{collection}"),
+    ("GET", "/v1/events"),
+    ("POST", "/v1/messages"),
+    ("GET", "/v1/conflicts"),
+    ("POST", "/v1/conflicts/{id}/resolve"),
+    ("GET", "/v1/status"),
+    ("GET", "/v1/peers"),
+    ("POST", "/v1/peers"),
+    ("DELETE", "/v1/peers/{device}"),
+    ("POST", "/v1/peers/{device}/test"),
+    ("POST", "/v1/sync/reconnect"),
+    ("POST", "/v1/sync/pause"),
+    ("POST", "/v1/sync/resume"),
+    ("GET", "/v1/sync/state"),
+    ("POST", "/v1/invites"),
+    ("GET", "/v1/members"),
+    ("POST", "/v1/members/{device}/revoke"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/config"),
+    ("PUT", "/v1/config"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
+    ("GET", "/v1/openapi.json"),
+];
+
+const METHODS: [&str; 5] = ["GET", "PUT", "POST", "DELETE", "PATCH"];
+
+fn operations(document: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if METHODS.iter().any(|m| m.eq_ignore_ascii_case(method)) {
+                out.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn concrete(path: &str) -> String {
+    path.replace("{collection}", "products").replace("{id}", "tea").replace("{device}", "MFRGG2LTM-NZXXE3DFO-RSXA5LTMA")
+}
+
+#[tokio::test]
+async fn the_document_and_the_router_agree() {
+    let fx = Fixture::new();
+    let (status, document) = fx.get("/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(document, serde_json::to_value(meshsync_api::openapi()).unwrap(), "served as generated");
+    let documented = operations(&document);
+
+    let contract: BTreeSet<(String, String)> = CONTRACT.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(documented, contract, "the document lists exactly the contract's endpoints");
+
+    for (method, path) in &documented {
+        let uri = concrete(path);
+        let (status, body) = fx.call(method.parse().unwrap(), &uri, None).await;
+        let code = body["error"]["code"].as_str().unwrap_or_default();
+        assert!(
+            !matches!(code, "unknown_route" | "method_not_allowed"),
+            "{method} {path} is documented but not routed: {status} {body}"
+        );
+    }
+    let paths: BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
+    for path in paths {
+        for method in METHODS {
+            if documented.contains(&(method.to_string(), path.clone())) {
+                continue;
+            }
+            let (status, body) = fx.call(method.parse().unwrap(), &concrete(path), None).await;
+            assert_eq!(
+                (status, body["error"]["code"].as_str()),
+                (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")),
+                "{method} {path} is routed but not documented"
+            );
+        }
+    }
+    let (status, body) = fx.get("/v1/undocumented").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_route")));
+}
+
+/// Routes reach the router only through `routes!`, which documents them; a plain `.route(` (or a
+/// nested or merged router) would add a route the document cannot see.
+#[test]
+fn routes_are_declared_only_through_the_documenting_macro() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for needle in [".route(", ".route_service(", ".nest(", ".nest_service(", ".merge("] {
+            assert!(!text.contains(needle), "{} calls {needle}", path.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_operation_is_described_and_secured() {
+    let document = serde_json::to_value(meshsync_api::openapi()).unwrap();
+    let schemes = document["components"]["securitySchemes"].as_object().unwrap();
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(document["security"], json!([{"bearer": []}, {"query_token": []}]));
+    let mut ids = BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            assert!(ids.insert(operation["operationId"].as_str().unwrap().to_string()), "duplicate operationId");
+            assert!(operation["summary"].as_str().is_some_and(|s| !s.is_empty()), "{method} {path} has no summary");
+            let public = path == "/" || path == "/v1/openapi.json";
+            assert_eq!(operation.get("security") == Some(&json!([{}])), public, "{method} {path}: security");
+            if !public {
+                assert!(operation["responses"]["401"].is_object(), "{method} {path} documents no 401");
+            }
+        }
+    }
+}
+
+/// Resolves `#/components/schemas/NAME` references.
+fn resolve<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(reference) => {
+            let name = reference.rsplit('/').next().unwrap();
+            &document["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+fn response_schema<'a>(document: &'a Value, method: &str, path: &str, status: &str) -> &'a Value {
+    let schema =
+        &document["paths"][path][method.to_lowercase()]["responses"][status]["content"]["application/json"]["schema"];
+    assert!(schema.is_object(), "{method} {path} {status} has no JSON schema");
+    resolve(document, schema)
+}
+
+/// Checks that `body` has exactly the documented properties, recursively through objects and
+/// arrays of objects.
+fn assert_shape(document: &Value, schema: &Value, body: &Value, at: &str) {
+    let schema = resolve(document, schema);
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else { return };
+    let object = body.as_object().unwrap_or_else(|| panic!("{at}: expected an object, got {body}"));
+    let documented: BTreeSet<&String> = properties.keys().collect();
+    let actual: BTreeSet<&String> = object.keys().collect();
+    assert_eq!(actual, documented, "{at}: fields differ from the document");
+    for (key, property) in properties {
+        let property = resolve(document, property);
+        let value = &object[key];
+        if let (Some(items), Some(array)) = (property.get("items"), value.as_array()) {
+            for (i, item) in array.iter().enumerate() {
+                assert_shape(document, items, item, &format!("{at}.{key}[{i}]"));
+            }
+        } else if value.is_object() {
+            assert_shape(document, property, value, &format!("{at}.{key}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn responses_have_the_documented_fields() {
+    let fx = Fixture::new();
+    let _other = make_conflict(&fx);
+    fx.call(Method::POST, "/v1/peers", Some(json!({"addr": "192.168.1.20:7710"}))).await;
+    let document = serde_json::to_value(meshsync_api::openapi()).unwrap();
+    let calls: Vec<(Method, &str, &str, Option<Value>, &str)> = vec![
+        (Method::PUT, "/v1/c/products/coffee", "/v1/c/{collection}/{id}", Some(json!({"name": "Coffee"})), "200"),
+        (Method::GET, "/v1/c/products/tea", "/v1/c/{collection}/{id}", None, "200"),
+        (Method::GET, "/v1/c/products", "/v1/c/{collection}", None, "200"),
+        (Method::POST, "/v1/c/sales", "/v1/c/{collection}", Some(json!({"total": 1})), "201"),
+        (Method::GET, "/v1/schema/products", "/v1/schema/{collection}", None, "200"),
+        (Method::GET, "/v1/conflicts", "/v1/conflicts", None, "200"),
+        (Method::POST, "/v1/messages", "/v1/messages", Some(json!({"type": "t"})), "202"),
+        (Method::GET, "/v1/status", "/v1/status", None, "200"),
+        (Method::GET, "/v1/peers", "/v1/peers", None, "200"),
+        (Method::POST, "/v1/peers/192.168.1.20:7710/test", "/v1/peers/{device}/test", None, "200"),
+        (Method::GET, "/v1/sync/state", "/v1/sync/state", None, "200"),
+        (Method::POST, "/v1/sync/pause", "/v1/sync/pause", None, "200"),
+        (Method::POST, "/v1/sync/reconnect", "/v1/sync/reconnect", None, "202"),
+        (Method::GET, "/v1/members", "/v1/members", None, "200"),
+        (Method::GET, "/v1/audit", "/v1/audit", None, "200"),
+        (Method::DELETE, "/v1/c/products/coffee", "/v1/c/{collection}/{id}", None, "200"),
+        (Method::DELETE, "/v1/peers/192.168.1.20:7710", "/v1/peers/{device}", None, "200"),
+        (Method::POST, "/v1/invites", "/v1/invites", Some(json!({})), "409"),
+    ];
+    for (method, uri, path, body, status) in calls {
+        let (got, answer) = fx.call(method.clone(), uri, body).await;
+        assert_eq!(got.as_str(), status, "{method} {uri}: {answer}");
+        let schema = response_schema(&document, method.as_str(), path, status);
+        assert_shape(&document, schema, &answer, &format!("{method} {uri}"));
+    }
+}

@@ -1,0 +1,192 @@
+//! `meshsync run`: load the config (file, then flags), open the node, serve the local API and
+//! dashboard, print how to reach it, and shut down cleanly on SIGINT or SIGTERM: the API stops
+//! accepting, in-flight requests finish, queued writes commit, then the process exits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use meshsync_node::config::{check_peer_addr, default_data_dir, Config, DurabilitySetting, CONFIG_FILE};
+use meshsync_node::{Node, NodeOptions};
+
+/// Flags of `meshsync run`. Each overrides the config file.
+#[derive(clap::Args, Debug, Default)]
+pub struct RunArgs {
+    /// Data dir (default: the platform data dir, e.g. ~/.local/share/meshsync).
+    #[arg(long, env = "MESHSYNC_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address peers connect to (default 0.0.0.0:7710).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Address of the local API and dashboard (default 127.0.0.1:7711).
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// This device's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// A static peer to dial, host:port (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Join a group with an invite code.
+    #[arg(long)]
+    join: Option<String>,
+    /// Do not advertise or browse with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// A rendezvous (phone book) URL (repeatable).
+    #[arg(long = "rendezvous")]
+    rendezvous: Vec<String>,
+    /// Config file (default: <data-dir>/meshsync.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Log level or filter: error, warn, info, debug, trace, or e.g. meshsync_store=debug.
+    #[arg(long)]
+    log: Option<String>,
+    /// What an acknowledged write survives: process (a crash of the process) or power (power loss).
+    #[arg(long, value_parser = parse_durability)]
+    durability: Option<DurabilitySetting>,
+}
+
+fn parse_durability(s: &str) -> Result<DurabilitySetting, String> {
+    match s {
+        "process" => Ok(DurabilitySetting::Process),
+        "power" => Ok(DurabilitySetting::Power),
+        other => Err(format!("use process or power, not {other:?}")),
+    }
+}
+
+/// Builds the effective config: defaults, then the file, then the flags.
+fn effective_config(args: &RunArgs, data_dir: &std::path::Path) -> Result<(Config, PathBuf)> {
+    let path = args.config.clone().unwrap_or_else(|| data_dir.join(CONFIG_FILE));
+    if args.config.is_some() && !path.exists() {
+        bail!("config file {} does not exist", path.display());
+    }
+    let mut config = Config::load(&path).map_err(|e| anyhow!("{e}"))?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(api) = args.api {
+        config.api = api;
+    }
+    if let Some(name) = &args.name {
+        config.name = name.clone();
+    }
+    for peer in &args.peers {
+        check_peer_addr(peer).map_err(|e| anyhow!("--peer: {e}"))?;
+        if !config.peers.contains(peer) {
+            config.peers.push(peer.clone());
+        }
+    }
+    if args.no_mdns {
+        config.mdns = false;
+    }
+    for url in &args.rendezvous {
+        if !config.rendezvous.contains(url) {
+            config.rendezvous.push(url.clone());
+        }
+    }
+    if let Some(log) = &args.log {
+        config.log = log.clone();
+    }
+    if let Some(durability) = args.durability {
+        config.durability = durability;
+    }
+    config.validate().map_err(|e| anyhow!("{e}"))?;
+    Ok((config, path))
+}
+
+fn init_logging(filter: &str) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| anyhow!("--log {filter:?}: {e}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
+    Ok(())
+}
+
+pub(crate) fn run(args: RunArgs) -> Result<()> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let (config, config_path) = effective_config(&args, &data_dir)?;
+    init_logging(&config.log)?;
+    if args.join.is_some() {
+        bail!("--join: joining a group by invite arrives with node-to-node sync, which this build does not have yet");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("meshsync").build()?;
+    runtime.block_on(serve(config, config_path, data_dir))
+}
+
+async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf) -> Result<()> {
+    let api_addr = config.api;
+    // Bind first: a port in use should fail before anything is created.
+    let listener = tokio::net::TcpListener::bind(api_addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow!("the API port {} is in use (address {api_addr}); is another node running? choose another with --api 127.0.0.1:PORT", api_addr.port())
+        } else {
+            anyhow!("cannot listen on {api_addr} for the API: {e}; choose another address with --api")
+        }
+    })?;
+    let bound = listener.local_addr()?;
+    let node = Node::open_with(
+        &data_dir,
+        NodeOptions {
+            durability: config.durability.into(),
+            clock_drift_ms_max: config.clock_drift_ms_max,
+            name: config.name.clone(),
+        },
+    )
+    .map_err(|e| anyhow!("{e}"))?;
+    let token = meshsync_api::load_or_create_token(&data_dir)
+        .with_context(|| format!("cannot create the API token in {}", data_dir.display()))?;
+    let state = meshsync_api::ApiState::new(node.clone(), config.clone(), Some(config_path), token.clone());
+
+    let host = if bound.ip().is_unspecified() { "127.0.0.1".to_string() } else { bound.ip().to_string() };
+    let host = if bound.is_ipv6() && !bound.ip().is_unspecified() { format!("[{host}]") } else { host };
+    let api_url = format!("http://{host}:{}", bound.port());
+    println!("meshsync {} node \"{}\"", env!("CARGO_PKG_VERSION"), config.name);
+    println!("  device id   {}", node.device_id());
+    println!("  data dir    {}", data_dir.display());
+    println!("  API         {api_url}/v1   (token in {})", data_dir.join("api-token").display());
+    println!("  dashboard   {api_url}/?token={token}");
+    println!("  try         meshsync put products tea name=Tea price=2.5 --data-dir {}", data_dir.display());
+    println!("Press Ctrl-C to stop.");
+    tracing::info!(api = %bound, device = %node.device_id(), "node running");
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(meshsync_api::serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "shutting down");
+    let _ = stop_tx.send(());
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "API server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "API server task failed"),
+    }
+    // Every acknowledged write is already committed; this waits for queued ones and folds the WAL.
+    let closing = node.clone();
+    tokio::task::spawn_blocking(move || closing.close()).await?;
+    println!("stopped cleanly");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return "SIGINT";
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+        "Ctrl-C"
+    }
+}
