@@ -25,7 +25,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     modifiers(&Security),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, StreamEvent)),
     tags(
         (name = "records", description = "Records of application collections"),
         (name = "schemas", description = "Merge policies of collections"),
@@ -102,6 +102,56 @@ pub(crate) struct ErrorDetail {
     message: String,
 }
 
+/// One event of `GET /v1/events`, told apart by `type`. Only record and schema events carry a
+/// `cursor` and are replayed after a reconnect.
+#[derive(ToSchema, serde::Serialize)]
+#[serde(tag = "type")]
+pub(crate) enum StreamEvent {
+    /// A record changed here or arrived from a peer.
+    #[serde(rename = "record.changed")]
+    RecordChanged {
+        cursor: u64,
+        collection: String,
+        id: String,
+        /// The device that wrote the change.
+        origin: String,
+        /// Whether it was written on this node.
+        local: bool,
+        deleted: bool,
+    },
+    /// A collection's schema changed.
+    #[serde(rename = "schema.changed")]
+    SchemaChanged { cursor: u64, collection: String },
+    /// A concurrent write lost; see `GET /v1/conflicts`.
+    #[serde(rename = "conflict.detected")]
+    ConflictDetected { id: String, collection: String, record: String, field: String },
+    /// An ephemeral message.
+    #[serde(rename = "message")]
+    Message { message: MessageDocument },
+    /// A sync session with a peer opened.
+    #[serde(rename = "peer.connected")]
+    PeerConnected {
+        device_id: String,
+        name: String,
+        /// The peer's address on this link.
+        addr: String,
+    },
+    /// A sync session with a peer ended.
+    #[serde(rename = "peer.disconnected")]
+    PeerDisconnected { device_id: String, reason: String },
+    /// Changes arrived from a peer.
+    #[serde(rename = "sync.progress")]
+    SyncProgress {
+        device_id: String,
+        /// Changes received on this link so far.
+        received: u64,
+        /// Changes the peer still has queued for this node (an estimate).
+        remaining: u64,
+        /// Whether the first catch-up on this link completed.
+        caught_up: bool,
+    },
+}
+
 /// Fields to set: any JSON values by field name. `_scope` (string or null) sets the record's
 /// scope; `_id` names an appended event; other names starting with `_` are refused.
 #[derive(ToSchema)]
@@ -175,7 +225,7 @@ pub(crate) struct ConflictList {
 }
 
 /// An ephemeral message as sent.
-#[derive(ToSchema)]
+#[derive(ToSchema, serde::Serialize)]
 pub(crate) struct MessageDocument {
     /// Sending device.
     from: String,
@@ -200,7 +250,7 @@ pub(crate) struct PeerCounts {
 pub(crate) struct Status {
     device_id: String,
     name: String,
-    /// Null until nodes form groups.
+    /// The group's id (hex); null until the node has a group (the mesh creates or joins one).
     group_id: Option<String>,
     /// meshsync version.
     version: String,
@@ -210,7 +260,10 @@ pub(crate) struct Status {
     records: u64,
     /// Unresolved conflicts.
     conflicts: u64,
+    /// Without a mesh: no connections, and the static peers of the settings as known.
     peers: PeerCounts,
+    /// Where the mesh accepts peers (`host:port`); null without a mesh.
+    listen: Option<String>,
     /// Seconds since the node opened.
     uptime_s: u64,
     /// The last event cursor: read your records after noting it, then watch
@@ -227,13 +280,25 @@ pub(crate) struct PeerDocument {
     addrs: Vec<String>,
     /// `connected`, `connecting` or `disconnected`.
     state: String,
-    /// Where the node learned of it: `mdns`, `beacon`, `static`, `invite`, `pex`, `rendezvous`.
+    /// Where the node learned of it: `static`, `invite`, `inbound` (it dialed us), `pex` (another
+    /// peer told us), `saved` (from an earlier run), and later `mdns`, `beacon`, `rendezvous`.
     sources: Vec<String>,
+    /// Last frame received from it, RFC 3339.
     last_seen: Option<String>,
+    /// Last measured round trip, in ms.
     rtt_ms: Option<f64>,
+    /// Last time it acknowledged changes from us, RFC 3339.
     last_sync: Option<String>,
-    /// Changes the peer has that we lack.
+    /// Changes this node has that the peer has not acknowledged; null while its device is unknown.
     lag: Option<u64>,
+    /// Why the last dial or link failed.
+    last_error: Option<String>,
+    /// Changes received from it since this node started.
+    received: u64,
+    /// Changes it acknowledged from us since this node started.
+    sent: u64,
+    /// Whether the first catch-up from it on the current link completed.
+    caught_up: bool,
 }
 
 /// Known peers.
@@ -242,19 +307,20 @@ pub(crate) struct PeerList {
     peers: Vec<PeerDocument>,
 }
 
-/// A removed static peer.
+/// A forgotten peer.
 #[derive(ToSchema)]
 pub(crate) struct PeerRemoved {
+    /// The address or device id removed.
     removed: String,
 }
 
 /// The outcome of a connection test.
 #[derive(ToSchema)]
 pub(crate) struct PeerTest {
-    /// The address tried.
+    /// The address (or, for a device, the device id) tried.
     addr: String,
     reachable: bool,
-    /// Time to connect, when reachable.
+    /// Time to connect (with the mesh: to complete the TLS handshake) in ms, when reachable.
     rtt_ms: Option<f64>,
     /// Why not, when unreachable.
     error: Option<String>,
@@ -273,22 +339,44 @@ pub(crate) struct Reconnecting {
     reconnecting: u64,
 }
 
+/// Sync with one peer device.
+#[derive(ToSchema)]
+pub(crate) struct SyncPeer {
+    device_id: String,
+    name: Option<String>,
+    /// `connected`, `connecting` or `disconnected`.
+    state: String,
+    /// Highest change number of each device the peer has acknowledged.
+    acked: BTreeMap<String, u64>,
+    /// Changes this node has that the peer has not acknowledged.
+    lag: u64,
+    /// Last acknowledgement, RFC 3339.
+    last_sync: Option<String>,
+    /// Changes received from it since this node started.
+    received: u64,
+    /// Changes it acknowledged from us since this node started.
+    sent: u64,
+    /// Whether the first catch-up from it on the current link completed.
+    caught_up: bool,
+}
+
 /// Sync progress.
 #[derive(ToSchema)]
 pub(crate) struct SyncState {
     paused: bool,
     /// Highest change number seen from each device.
     vector: BTreeMap<String, u64>,
-    /// Per-peer sync state (empty without peer links).
-    peers: Vec<serde_json::Value>,
+    /// Per peer device (empty without a mesh).
+    peers: Vec<SyncPeer>,
 }
 
 /// A member of the group.
 #[derive(ToSchema)]
 pub(crate) struct Member {
     device_id: String,
-    name: String,
-    /// `admin`, `writer` or `reader`.
+    /// Null until the device has connected.
+    name: Option<String>,
+    /// `admin`, `writer` or `reader` (not enforced yet: joined devices show as `writer`).
     role: String,
     /// Scopes granted; empty for an admin, who sees every scope.
     scopes: Vec<String>,
@@ -316,12 +404,19 @@ pub(crate) struct AuditLog {
     entries: Vec<AuditEntry>,
 }
 
-/// An invite (answer shape; not issued by this build).
+/// An invite. `role`, `scopes` and `uses` are echoed from the request and not enforced yet;
+/// `expires_at` is advisory.
 #[derive(ToSchema)]
 pub(crate) struct Invite {
+    /// The code to pass to `meshsync run --join`.
     code: String,
+    /// RFC 3339.
     expires_at: String,
+    /// The code as an SVG QR code.
     qr_svg: String,
+    role: String,
+    scopes: Vec<String>,
+    uses: u32,
 }
 
 /// The settings, as in the TOML file (see docs/config.md).

@@ -126,7 +126,10 @@ impl From<NodeError> for ApiError {
             e @ NodeError::NotFound { .. } => ApiError::NotFound(e.to_string()),
             NodeError::Rejected(message) => ApiError::Rejected(message),
             e @ NodeError::UnknownConflict(_) => ApiError::NotFound(e.to_string()),
-            e @ (NodeError::DataDir { .. } | NodeError::Storage(_)) => ApiError::Internal(e.to_string()),
+            e @ (NodeError::DataDir { .. } | NodeError::Storage(_) | NodeError::Network(_)) => {
+                ApiError::Internal(e.to_string())
+            }
+            NodeError::Unavailable(message) => ApiError::Conflict { code: "sync_unavailable", message },
         }
     }
 }

@@ -7,7 +7,7 @@
 //! and the stream skips any whose cursor it has already passed. If the subscription lags, the
 //! stream goes back to the store from the last cursor it delivered. Replay gives the latest
 //! state of each record changed since the cursor (two changes to one record replay as one).
-//! Conflict and message events are not stored and are not replayed.
+//! Conflict, message and peer events are not stored and are not replayed.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,6 +19,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use meshsync_core::hlc::rfc3339_from_ms;
+use meshsync_node::mesh::PeerEvent;
 use meshsync_node::{Event, Message, Node, StoreEvent};
 use meshsync_store::SCHEMAS_COLLECTION;
 use serde_json::{json, Value};
@@ -49,6 +50,22 @@ pub(crate) fn message_json(message: &Message) -> Value {
         "data": message.data,
         "sent_at": rfc3339_from_ms(message.sent_ms),
     })
+}
+
+/// The JSON of a peer event: `peer.connected`, `peer.disconnected` or `sync.progress`.
+fn peer_event_json(event: &PeerEvent) -> Value {
+    match event {
+        PeerEvent::Connected { device, name, addr } => {
+            json!({"type": "peer.connected", "device_id": device.to_string(), "name": name, "addr": addr})
+        }
+        PeerEvent::Disconnected { device, reason } => {
+            json!({"type": "peer.disconnected", "device_id": device.to_string(), "reason": reason})
+        }
+        PeerEvent::Progress { device, received, remaining, caught_up } => json!({
+            "type": "sync.progress", "device_id": device.to_string(), "received": received,
+            "remaining": remaining, "caught_up": caught_up,
+        }),
+    }
 }
 
 /// One event ready to send: its JSON text and, for record events, its cursor.
@@ -98,6 +115,7 @@ impl Feed {
                 (event, None)
             }
             Event::Message(message) => (json!({"type": "message", "message": message_json(message)}), None),
+            Event::Peer(event) => (peer_event_json(event), None),
         };
         Some(Out { json: json.to_string(), cursor })
     }
@@ -162,19 +180,23 @@ impl Feed {
     }
 }
 
-/// Stream the node's events. `record.changed` and `schema.changed` events carry a `cursor`;
-/// reconnect with `?cursor=` (or SSE's `Last-Event-ID`) to resume without missing a change.
-/// Other events: `conflict.detected`, `message`. Open with a WebSocket upgrade, or with
-/// `Accept: text/event-stream` for Server-Sent Events.
+/// Stream the node's events.
+///
+/// Each event is a `StreamEvent` (see the schema). `record.changed` and
+/// `schema.changed` events carry a `cursor`; reconnect with `?cursor=` (or SSE's
+/// `Last-Event-ID`) to resume without missing a change. Other events (not replayed):
+/// `conflict.detected`, `message`, and from the mesh `peer.connected`, `peer.disconnected`,
+/// `sync.progress`. Open with a WebSocket upgrade, or with `Accept: text/event-stream` for
+/// Server-Sent Events.
 #[utoipa::path(
     get, path = "/v1/events", tag = "live",
     params(
         ("cursor" = Option<u64>, Query, description = "Replay changes after this cursor first"),
-        ("collection" = Option<String>, Query, description = "Only events of this collection (messages always pass)"),
+        ("collection" = Option<String>, Query, description = "Only events of this collection (messages and peer events always pass)"),
     ),
     responses(
-        (status = 101, description = "WebSocket: one JSON event per text message"),
-        (status = 200, description = "Server-Sent Events: one JSON event per `data:` line", content_type = "text/event-stream", body = String),
+        (status = 101, description = "WebSocket: one JSON `StreamEvent` per text message"),
+        (status = 200, description = "Server-Sent Events: one JSON `StreamEvent` per `data:` line", content_type = "text/event-stream", body = String),
         (status = 406, description = "Neither a WebSocket upgrade nor Accept: text/event-stream (not_acceptable)", body = crate::docs::ErrorBody),
         (status = 429, description = "Too many open streams (too_many_streams)", body = crate::docs::ErrorBody),
         Errors

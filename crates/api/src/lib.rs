@@ -28,7 +28,8 @@
 //! - `records`: records, schemas, conflicts and messages.
 //! - `events`: `GET /v1/events`: replay from a cursor, then live, over WebSocket or SSE.
 //! - `system`: status, settings, metrics, the OpenAPI document and the dashboard shell.
-//! - `peers`: peers, sync, invites, members and audit: what a node without peer links can say.
+//! - `peers`: peers, sync, invites, members and audit, from the node's mesh when it runs (and
+//!   what a node without one can say when it does not).
 //! - `metrics`: the Prometheus registry and the per-route middleware.
 //! - `docs`: the OpenAPI document's frame and the types that only describe responses.
 
@@ -78,7 +79,8 @@ struct Shared {
     config: Arc<RwLock<Config>>,
     config_path: Option<PathBuf>,
     token: String,
-    /// Sync is paused by the API. Held here until the node runs sync sessions, which will own it.
+    /// Sync is paused by the API. The mesh owns the flag when it runs; this copy is kept in step
+    /// and is what a node without a mesh reports.
     paused: AtomicBool,
     /// The address the API is served on: `config.api` until [`serve`] learns the real one.
     api_addr: RwLock<SocketAddr>,
@@ -127,9 +129,12 @@ impl ApiState {
         self.shared.config.clone()
     }
 
-    /// Whether sync is paused (`POST /v1/sync/pause`).
+    /// Whether sync is paused (`POST /v1/sync/pause`): the mesh's flag when it runs.
     pub fn paused(&self) -> bool {
-        self.shared.paused.load(Ordering::Relaxed)
+        match self.node().mesh() {
+            Some(mesh) => mesh.paused(),
+            None => self.shared.paused.load(Ordering::Relaxed),
+        }
     }
 
     /// Records the address the API is really served on (it differs from `config.api` when that
@@ -153,8 +158,12 @@ impl ApiState {
         *self.shared.api_addr.read().expect("lock poisoned")
     }
 
+    /// Pauses or resumes sync: every link of the mesh if it runs, and the flag kept here.
     fn set_paused(&self, paused: bool) {
         self.shared.paused.store(paused, Ordering::Relaxed);
+        if let Some(mesh) = self.node().mesh() {
+            mesh.set_paused(paused);
+        }
     }
 }
 

@@ -1,18 +1,20 @@
 //! Prometheus metrics of the API and the node: requests by route, method and status, request
 //! latency by route, requests refused by the guard, open event streams, and gauges read from the
-//! node when scraped (records, conflicts, uptime). Route labels are route templates, never raw
-//! paths, so the number of series stays bounded whatever clients send.
+//! node when scraped (records, conflicts, uptime, and peers while the mesh runs). Route labels are
+//! route templates, never raw paths, so the number of series stays bounded whatever clients send.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -53,6 +55,33 @@ pub(crate) struct Metrics {
     records: Gauge,
     conflicts: Gauge,
     uptime_s: Gauge<f64, AtomicU64>,
+    peers: Arc<Mutex<Option<PeerCounts>>>,
+}
+
+/// Peers of the mesh as last read, for the scrape in progress.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerCounts {
+    pub connected: u64,
+    pub known: u64,
+}
+
+/// `peers_connected` and `peers_known`, present only while the node runs a mesh: a node without
+/// one has no peers to count, and a gauge stuck at 0 would look like a mesh that lost them all.
+#[derive(Debug)]
+struct PeerGauges(Arc<Mutex<Option<PeerCounts>>>);
+
+impl Collector for PeerGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(counts) = *self.0.lock().expect("lock poisoned") else { return Ok(()) };
+        for (name, help, value) in [
+            ("peers_connected", "Peers with an open sync session", counts.connected),
+            ("peers_known", "Peers the mesh knows (connected or not)", counts.known),
+        ] {
+            let gauge = ConstGauge::new(value as i64);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
@@ -76,7 +105,9 @@ impl Metrics {
         registry.register("records", "Live application records", records.clone());
         registry.register("conflicts", "Unresolved conflicts", conflicts.clone());
         registry.register("uptime_seconds", "Time since the node opened", uptime_s.clone());
-        Metrics { registry, requests, latency, rejected, event_streams, records, conflicts, uptime_s }
+        let peers = Arc::new(Mutex::new(None));
+        registry.register_collector(Box::new(PeerGauges(peers.clone())));
+        Metrics { registry, requests, latency, rejected, event_streams, records, conflicts, uptime_s, peers }
     }
 
     pub(crate) fn rejected(&self, reason: &'static str) {
@@ -89,8 +120,10 @@ impl Metrics {
         StreamGauge(self.event_streams.clone())
     }
 
-    /// The exposition text, after setting the gauges read from the node.
-    pub(crate) fn render(&self, records: u64, conflicts: u64, uptime_s: f64) -> String {
+    /// The exposition text, after setting the gauges read from the node (`peers`: `None`
+    /// without a mesh).
+    pub(crate) fn render(&self, records: u64, conflicts: u64, uptime_s: f64, peers: Option<PeerCounts>) -> String {
+        *self.peers.lock().expect("lock poisoned") = peers;
         self.records.set(records as i64);
         self.conflicts.set(conflicts as i64);
         self.uptime_s.set(uptime_s);

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::docs::{ConfigDocument, ConfigUpdated, Errors, OpenApiJson, Status};
 use crate::extract::{blocking, clip, JsonBody};
+use crate::metrics::PeerCounts;
 use crate::{ApiError, ApiState};
 
 /// Settings applied while the node runs; a change to any other setting needs a restart.
@@ -62,18 +63,51 @@ pub(crate) async fn openapi_json(Extension(OpenApiDocument(document)): Extension
     responses((status = 200, description = "Metrics", content_type = "application/openmetrics-text", body = String), Errors)
 )]
 pub(crate) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let (records, conflicts, _) = counts(&state).await?;
-    let text = state.shared.metrics.render(records, conflicts, state.node().uptime().as_secs_f64());
+    let counts = counts(&state, false).await?;
+    let uptime_s = state.node().uptime().as_secs_f64();
+    let text = state.shared.metrics.render(counts.records, counts.conflicts, uptime_s, counts.peers);
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response())
 }
 
-/// Live records, unresolved conflicts and the last event cursor.
-async fn counts(state: &ApiState) -> Result<(u64, u64, u64), ApiError> {
+/// What the status and the metrics read from the node.
+struct Counts {
+    /// Live application records.
+    records: u64,
+    /// Unresolved conflicts.
+    conflicts: u64,
+    /// The last event cursor.
+    cursor: u64,
+    /// The mesh's peers; `None` without a mesh.
+    peers: Option<PeerCounts>,
+    /// The group's id (hex), if the node has a group and it was asked for.
+    group_id: Option<String>,
+}
+
+/// Reads the counts off the async threads (the store, and the mesh's peer table, which reads the
+/// store's version vector), and the group's id if `with_group`.
+async fn counts(state: &ApiState, with_group: bool) -> Result<Counts, ApiError> {
     let node = state.node().clone();
     blocking(move || {
         let store = node.store();
         let count = |r: Result<u64, meshsync_store::StoreError>| r.map_err(|e| crate::error::from_store(e, "", ""));
-        Ok((count(store.record_count())?, count(store.conflict_count())?, count(store.last_lsn())?))
+        let (records, conflicts, cursor) =
+            (count(store.record_count())?, count(store.conflict_count())?, count(store.last_lsn())?);
+        let (peers, group_id) = match node.mesh() {
+            Some(mesh) => {
+                let peers = PeerCounts { connected: mesh.connected() as u64, known: mesh.peers().len() as u64 };
+                (Some(peers), Some(mesh.group().id_text()))
+            }
+            None if !with_group => (None, None),
+            // Without a mesh the node may still have a group (joined, or from an earlier run).
+            None => match node.group() {
+                Ok(group) => (None, group.map(|g| g.id_text())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the group file");
+                    (None, None)
+                }
+            },
+        };
+        Ok(Counts { records, conflicts, cursor, peers, group_id })
     })
     .await
 }
@@ -84,20 +118,25 @@ async fn counts(state: &ApiState) -> Result<(u64, u64, u64), ApiError> {
     responses((status = 200, description = "Status", body = Status), Errors)
 )]
 pub(crate) async fn status(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let (records, conflicts, cursor) = counts(&state).await?;
+    let counts = counts(&state, true).await?;
     let node = state.node();
-    let known = state.config().peers.len();
+    let peers = match counts.peers {
+        Some(peers) => json!({"connected": peers.connected, "known": peers.known}),
+        // No mesh: the static peers of the settings, never connected.
+        None => json!({"connected": 0, "known": state.config().peers.len()}),
+    };
     Ok(Json(json!({
         "device_id": node.device_id().to_string(),
         "name": node.name(),
-        "group_id": null,
+        "group_id": counts.group_id,
         "version": env!("CARGO_PKG_VERSION"),
         "paused": state.paused(),
-        "records": records,
-        "conflicts": conflicts,
-        "peers": {"connected": 0, "known": known},
+        "records": counts.records,
+        "conflicts": counts.conflicts,
+        "peers": peers,
+        "listen": node.mesh().map(|mesh| mesh.listen_addr().to_string()),
         "uptime_s": node.uptime().as_secs(),
-        "cursor": cursor,
+        "cursor": counts.cursor,
     })))
 }
 
@@ -161,6 +200,21 @@ pub(crate) async fn put_config(
             state.node().set_name(&new.name)?;
         }
         *state.shared.config.write().expect("lock poisoned") = new.clone();
+        if let Some(mesh) = state.node().mesh().cloned() {
+            // Static peers apply at once: dial the new ones, forget the dropped ones.
+            let added: Vec<String> = new.peers.iter().filter(|p| !old.peers.contains(p)).cloned().collect();
+            let dropped: Vec<String> = old.peers.iter().filter(|p| !new.peers.contains(p)).cloned().collect();
+            blocking(move || {
+                for addr in &added {
+                    mesh.add_peer(addr);
+                }
+                for addr in &dropped {
+                    crate::peers::forget(&mesh, addr);
+                }
+                Ok(())
+            })
+            .await?;
+        }
     }
     let mut answer = new_json.clone();
     answer.insert("restart_required".into(), json!(restart_required));

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use axum::http::{Method, StatusCode};
-use common::{make_conflict, Fixture};
+use common::{assert_shape, make_conflict, response_schema, Fixture};
 use serde_json::{json, Value};
 
 /// The endpoints of the contract (DESIGN.md section 6), plus the document itself.
@@ -136,46 +136,6 @@ async fn every_operation_is_described_and_secured() {
     }
 }
 
-/// Resolves `#/components/schemas/NAME` references.
-fn resolve<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
-    match schema.get("$ref").and_then(Value::as_str) {
-        Some(reference) => {
-            let name = reference.rsplit('/').next().unwrap();
-            &document["components"]["schemas"][name]
-        }
-        None => schema,
-    }
-}
-
-fn response_schema<'a>(document: &'a Value, method: &str, path: &str, status: &str) -> &'a Value {
-    let schema =
-        &document["paths"][path][method.to_lowercase()]["responses"][status]["content"]["application/json"]["schema"];
-    assert!(schema.is_object(), "{method} {path} {status} has no JSON schema");
-    resolve(document, schema)
-}
-
-/// Checks that `body` has exactly the documented properties, recursively through objects and
-/// arrays of objects.
-fn assert_shape(document: &Value, schema: &Value, body: &Value, at: &str) {
-    let schema = resolve(document, schema);
-    let Some(properties) = schema.get("properties").and_then(Value::as_object) else { return };
-    let object = body.as_object().unwrap_or_else(|| panic!("{at}: expected an object, got {body}"));
-    let documented: BTreeSet<&String> = properties.keys().collect();
-    let actual: BTreeSet<&String> = object.keys().collect();
-    assert_eq!(actual, documented, "{at}: fields differ from the document");
-    for (key, property) in properties {
-        let property = resolve(document, property);
-        let value = &object[key];
-        if let (Some(items), Some(array)) = (property.get("items"), value.as_array()) {
-            for (i, item) in array.iter().enumerate() {
-                assert_shape(document, items, item, &format!("{at}.{key}[{i}]"));
-            }
-        } else if value.is_object() {
-            assert_shape(document, property, value, &format!("{at}.{key}"));
-        }
-    }
-}
-
 #[tokio::test]
 async fn responses_have_the_documented_fields() {
     let fx = Fixture::new();
@@ -207,5 +167,32 @@ async fn responses_have_the_documented_fields() {
         assert_eq!(got.as_str(), status, "{method} {uri}: {answer}");
         let schema = response_schema(&document, method.as_str(), path, status);
         assert_shape(&document, schema, &answer, &format!("{method} {uri}"));
+    }
+}
+
+/// Every event the stream sends is described, peer events included.
+#[test]
+fn every_event_type_is_documented() {
+    let document = serde_json::to_value(meshsync_api::openapi()).unwrap();
+    let event = &document["components"]["schemas"]["StreamEvent"];
+    let variants = event["oneOf"].as_array().unwrap_or_else(|| panic!("StreamEvent is not a oneOf: {event}"));
+    let types: BTreeSet<&str> = variants
+        .iter()
+        .flat_map(|v| v["properties"]["type"]["enum"].as_array().unwrap_or_else(|| panic!("no type in {v}")))
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let expected = [
+        "record.changed",
+        "schema.changed",
+        "conflict.detected",
+        "message",
+        "peer.connected",
+        "peer.disconnected",
+        "sync.progress",
+    ];
+    assert_eq!(types, BTreeSet::from(expected));
+    let description = document["paths"]["/v1/events"]["get"]["description"].as_str().unwrap_or_default();
+    for kind in expected {
+        assert!(description.contains(kind), "{kind} is not mentioned in the description of GET /v1/events");
     }
 }

@@ -1,13 +1,15 @@
 //! The `meshsync` binary: `run` a node, talk to a running node (`status`, `put`, `get`, `list`,
-//! `incr`, `delete`, `watch`, `conflicts`, ...), and later the rendezvous and the demo.
+//! `incr`, `delete`, `watch`, `conflicts`, ...), and `demo`, three nodes syncing on loopback.
 //! `anyhow` lives here and nowhere else.
 //!
 //! # Layout
 //! - `main.rs`: the command line (clap) and dispatch.
 //! - `run.rs`: the daemon: config, node, API server, signals, clean shutdown.
 //! - `client.rs`: client commands over the local HTTP API, human or `--json` output.
+//! - `demo.rs`: `meshsync demo`.
 
 mod client;
+mod demo;
 mod run;
 
 use std::path::PathBuf;
@@ -43,6 +45,12 @@ pub struct Target {
 enum Command {
     /// Run a node in the foreground.
     Run(run::RunArgs),
+    /// Start three nodes on this machine and watch shop data sync between them.
+    Demo {
+        /// Keep the demo's data dir when it stops.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Show this node's status.
     Status {
         #[command(flatten)]
@@ -215,6 +223,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Demo { keep } => demo::demo(keep),
         other => client::dispatch(other),
     };
     if let Err(error) = result {

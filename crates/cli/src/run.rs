@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use meshsync_node::config::{check_peer_addr, default_data_dir, Config, DurabilitySetting, CONFIG_FILE};
+use meshsync_node::mesh::MeshOptions;
 use meshsync_node::{Node, NodeOptions};
 
 /// Flags of `meshsync run`. Each overrides the config file.
@@ -106,14 +107,11 @@ pub(crate) fn run(args: RunArgs) -> Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let (config, config_path) = effective_config(&args, &data_dir)?;
     init_logging(&config.log)?;
-    if args.join.is_some() {
-        bail!("--join: joining a group by invite arrives with node-to-node sync, which this build does not have yet");
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("meshsync").build()?;
-    runtime.block_on(serve(config, config_path, data_dir))
+    runtime.block_on(serve(config, config_path, data_dir, args.join))
 }
 
-async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf) -> Result<()> {
+async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf, join: Option<String>) -> Result<()> {
     let api_addr = config.api;
     // Bind first: a port in use should fail before anything is created.
     let listener = tokio::net::TcpListener::bind(api_addr).await.map_err(|e| {
@@ -133,6 +131,18 @@ async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf) -> Resul
         },
     )
     .map_err(|e| anyhow!("{e}"))?;
+    if let Some(code) = &join {
+        let invite = node.join(code).map_err(|e| anyhow!("--join: {e}"))?;
+        println!("joining the group of {} at {}", invite.inviter, invite.addrs.join(", "));
+    }
+    let mesh = node
+        .start_mesh(MeshOptions {
+            listen: config.listen,
+            peers: config.peers.clone(),
+            heartbeat_interval_ms: config.heartbeat_interval_ms,
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     let token = meshsync_api::load_or_create_token(&data_dir)
         .with_context(|| format!("cannot create the API token in {}", data_dir.display()))?;
     let state = meshsync_api::ApiState::new(node.clone(), config.clone(), Some(config_path), token.clone());
@@ -143,9 +153,15 @@ async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf) -> Resul
     println!("meshsync {} node \"{}\"", env!("CARGO_PKG_VERSION"), config.name);
     println!("  device id   {}", node.device_id());
     println!("  data dir    {}", data_dir.display());
+    println!("  group       {}", mesh.group().id_text());
+    println!("  peers on    {} (mutual TLS)", mesh.listen_addr());
     println!("  API         {api_url}/v1   (token in {})", data_dir.join("api-token").display());
     println!("  dashboard   {api_url}/?token={token}");
     println!("  try         meshsync put products tea name=Tea price=2.5 --data-dir {}", data_dir.display());
+    println!(
+        "  invite      meshsync invite --data-dir {}   (then: meshsync run --join CODE on the other device)",
+        data_dir.display()
+    );
     println!("Press Ctrl-C to stop.");
     tracing::info!(api = %bound, device = %node.device_id(), "node running");
 

@@ -2,83 +2,19 @@
 //! it, a clean shutdown on SIGTERM that keeps every acknowledged write, and the errors a user
 //! sees for a port in use, a bad config file and bad arguments.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_meshsync");
+use common::{start, Running, BIN};
 
-struct Running {
-    child: Child,
-    api: String,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `meshsync run` on a free port and waits for it to print its API URL.
-fn start(dir: &Path, extra: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--api",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-mdns",
-            "--log",
-            "warn",
-        ])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start meshsync run");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut api = None;
-    while api.is_none() {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("meshsync run printed its API URL");
-        if let Some(rest) = line.trim().strip_prefix("API") {
-            api = rest.split_whitespace().next().map(|url| url.trim_end_matches("/v1").to_string());
-        }
-    }
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    Running { child, api: api.unwrap() }
-}
-
-fn client(running: &Running, dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("MESHSYNC_API", &running.api)
-        .env("MESHSYNC_DATA_DIR", dir)
-        .output()
-        .expect("run client");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn client(running: &Running, _dir: &Path, args: &[&str]) -> (bool, String, String) {
+    common::client(running, args)
 }
 
 fn sigterm(running: &mut Running) -> bool {
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(running.child.id() as i32, libc::SIGTERM) };
+    common::signal(running, libc::SIGTERM);
     running.child.wait().expect("wait").success()
 }
 

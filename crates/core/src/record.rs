@@ -527,6 +527,13 @@ impl RecordState {
         ctx
     }
 
+    /// The sum of a field's counter versions, whichever policy its newest version has: what a
+    /// counter write builds on (0 when there are none).
+    fn counter_value(&self, field: &str) -> Value {
+        let versions = self.fields.get(field).into_iter().flatten();
+        counter_sum(versions.filter(|v| v.policy == Policy::Counter).map(|v| &v.value))
+    }
+
     fn own_counter_total(&self, field: &str, me: DeviceId) -> Value {
         self.fields
             .get(field)
@@ -557,9 +564,13 @@ impl RecordState {
                 if value.as_f64().is_none() {
                     return Err(WriteError::NotANumber { field: field.to_string() });
                 }
-                // Setting a counter adds the difference, so concurrent increments still count.
-                let current = current.unwrap_or(Value::Int(0));
-                if current == *value {
+                // Setting a counter adds the difference to the counter's sum, so concurrent
+                // increments still count and the writer reads back what it set. Only a field
+                // that already shows that sum is left alone: an absent field, or one last written
+                // under another policy, is written even when the sum matches.
+                let shown = current.is_some();
+                let current = self.counter_value(field);
+                if shown && current == *value {
                     return Ok(None);
                 }
                 let delta = checked_sub(value, &current)
@@ -695,8 +706,8 @@ impl RecordState {
                     return Err(WriteError::NotANumber { field: field.clone() });
                 }
                 let cell = self.counter_cell(field, me, by)?;
-                // Check the visible sum too, so that reads never overflow.
-                let current = self.value(field).unwrap_or(Value::Int(0));
+                // Check the counter's sum too, so that reads never overflow.
+                let current = self.counter_value(field);
                 if checked_add(&current, by).is_none() {
                     return Err(WriteError::CounterOverflow { field: field.clone() });
                 }

@@ -24,8 +24,10 @@
 //! - `json`: conversions between the app's JSON and the core's values, and the record document.
 
 pub mod config;
+pub mod group;
 mod identity;
 mod json;
+pub mod mesh;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,6 +99,12 @@ pub enum NodeError {
     /// Storage failed.
     #[error("storage: {0}")]
     Storage(String),
+    /// The network could not be set up.
+    #[error("network: {0}")]
+    Network(String),
+    /// The operation needs the mesh, which is not running.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<StoreError> for NodeError {
@@ -139,6 +147,8 @@ pub enum Event {
     Store(StoreEvent),
     /// An ephemeral message, sent here or received from a peer. Not stored.
     Message(Message),
+    /// A peer connected, disconnected, or made progress.
+    Peer(mesh::PeerEvent),
 }
 
 /// An ephemeral typed message between devices of a group.
@@ -161,8 +171,10 @@ pub const MESSAGE_KIND_BYTES_MAX: usize = 128;
 /// Largest message data, as JSON text.
 pub const MESSAGE_DATA_BYTES_MAX: usize = 64 << 10;
 
-struct Inner {
+pub(crate) struct Inner {
     dir: PathBuf,
+    identity: meshsync_net::Identity,
+    mesh: std::sync::OnceLock<mesh::Mesh>,
     name: std::sync::RwLock<String>,
     started: std::time::Instant,
     device: DeviceId,
@@ -173,7 +185,7 @@ struct Inner {
 /// A meshsync node: one device's replica of its group's data. Cheap to clone.
 #[derive(Clone)]
 pub struct Node {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 fn check_app_collection(collection: &str) -> Result<(), NodeError> {
@@ -194,7 +206,9 @@ impl Node {
     pub fn open_with(dir: impl AsRef<Path>, options: NodeOptions) -> Result<Node, NodeError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| NodeError::DataDir { path: dir.clone(), reason: e.to_string() })?;
-        let device = identity::load_or_create(&dir)?;
+        let identity = meshsync_net::Identity::load_or_create(&dir)
+            .map_err(|e| NodeError::DataDir { path: dir.clone(), reason: e.to_string() })?;
+        let device = identity.device_id();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let sink_events = events.clone();
         let store = Store::open_with_sink(
@@ -215,7 +229,18 @@ impl Node {
         .map_err(|e| NodeError::DataDir { path: dir.clone(), reason: e.to_string() })?;
         tracing::info!(device = %device, dir = %dir.display(), "node opened");
         let name = std::sync::RwLock::new(options.name);
-        Ok(Node { inner: Arc::new(Inner { dir, name, started: std::time::Instant::now(), device, store, events }) })
+        Ok(Node {
+            inner: Arc::new(Inner {
+                dir,
+                identity,
+                mesh: std::sync::OnceLock::new(),
+                name,
+                started: std::time::Instant::now(),
+                device,
+                store,
+                events,
+            }),
+        })
     }
 
     /// This device's id.
@@ -387,7 +412,14 @@ impl Node {
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let message = Message { from: self.inner.device, to, kind: kind.to_string(), data, sent_ms };
-        self.publish(Event::Message(message.clone()));
+        if to != Some(self.inner.device) {
+            if let Some(mesh) = self.mesh() {
+                mesh.send(&message, identity::message_id());
+            }
+        }
+        if to.is_none() || to == Some(self.inner.device) {
+            self.publish(Event::Message(message.clone()));
+        }
         Ok(message)
     }
 
@@ -396,8 +428,77 @@ impl Node {
         let _ = self.inner.events.send(event);
     }
 
-    /// Waits for pending writes and closes the store. Reads still work; writes fail.
+    /// The group this node belongs to, if it has one yet.
+    pub fn group(&self) -> Result<Option<group::Group>, NodeError> {
+        group::Group::load(&self.inner.dir)
+    }
+
+    /// Joins the group of an invite code: saves the group and remembers the inviter as a peer.
+    /// Refused if this node already belongs to another group.
+    pub fn join(&self, code: &str) -> Result<group::Invite, NodeError> {
+        let invite = group::parse_invite(code)?;
+        let joined = group::Group::from_invite(&invite);
+        match self.group()? {
+            Some(existing) if existing != joined => {
+                return Err(NodeError::Invalid(format!(
+                    "this node already belongs to group {}; use a fresh --data-dir to join another",
+                    existing.id_text()
+                )))
+            }
+            Some(_) => {}
+            None => joined.save(&self.inner.dir)?,
+        }
+        let info = mesh::PeerInfo {
+            device_id: Some(invite.inviter.to_string()),
+            name: None,
+            addrs: invite.addrs.clone(),
+            state: mesh::PeerState::Disconnected,
+            sources: vec!["invite".into()],
+            last_seen_ms: None,
+            rtt_ms: None,
+            last_sync_ms: None,
+            lag: 0,
+            last_error: None,
+            acked: VersionVector::new(),
+            received: 0,
+            sent: 0,
+            caught_up: false,
+        };
+        let doc = serde_json::to_string(&info).map_err(|e| NodeError::Storage(e.to_string()))?;
+        self.inner.store.save_peer(invite.inviter, Some(doc))?;
+        Ok(invite)
+    }
+
+    /// Starts the mesh: listens for peers, dials known ones and syncs. Creates a new group on
+    /// first use unless [`Node::join`] was called. Needs a tokio runtime.
+    pub async fn start_mesh(&self, options: mesh::MeshOptions) -> Result<mesh::Mesh, NodeError> {
+        if let Some(mesh) = self.inner.mesh.get() {
+            return Ok(mesh.clone());
+        }
+        let group = match self.group()? {
+            Some(group) => group,
+            None => {
+                let group = group::Group::generate();
+                group.save(&self.inner.dir)?;
+                tracing::info!(group = %group.id_text(), "created a new group");
+                group
+            }
+        };
+        let mesh = mesh::Mesh::start(self, group, self.inner.identity.clone(), options).await?;
+        let _ = self.inner.mesh.set(mesh.clone());
+        Ok(mesh)
+    }
+
+    /// The running mesh, if started.
+    pub fn mesh(&self) -> Option<&mesh::Mesh> {
+        self.inner.mesh.get()
+    }
+
+    /// Stops the mesh, waits for pending writes and closes the store. Reads still work.
     pub fn close(&self) {
+        if let Some(mesh) = self.mesh() {
+            mesh.shutdown();
+        }
         self.inner.store.close();
     }
 }

@@ -123,7 +123,7 @@ fn the_device_id_survives_restarts() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("device-id")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("identity.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

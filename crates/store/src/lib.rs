@@ -484,6 +484,25 @@ impl Store {
         self.call(|reply| writer::Request::VersionVector { reply })
     }
 
+    /// Saves (or with `None` forgets) what this node knows of a peer: an opaque document owned by
+    /// the sync layer. Not replicated.
+    pub fn save_peer(&self, device: DeviceId, doc: Option<String>) -> Result<(), StoreError> {
+        self.call(|reply| writer::Request::SavePeer { device, doc, reply })
+    }
+
+    /// Every saved peer document.
+    pub fn peers(&self) -> Result<Vec<(DeviceId, String)>, StoreError> {
+        self.readers_with(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT device, doc FROM peers")?;
+            let rows: Vec<(Vec<u8>, String)> =
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(d, doc)| <[u8; 16]>::try_from(d.as_slice()).ok().map(|d| (DeviceId(d), doc)))
+                .collect())
+        })
+    }
+
     /// Waits for queued writes, then stops the writer thread. Reads keep working.
     pub fn close(&self) {
         let sender = self.requests.lock().expect("lock poisoned").take();

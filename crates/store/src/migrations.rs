@@ -41,6 +41,10 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX conflicts_by_record ON conflicts (coll, key);
     ",
+    // 2: what we know of each peer (addresses, what it has acknowledged), kept across restarts.
+    "
+    CREATE TABLE peers (device BLOB PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;
+    ",
 ];
 
 /// The schema version this build writes.

@@ -70,6 +70,13 @@ fn decode_cursor(cursor: &str) -> Result<String, StoreError> {
 }
 
 impl Store {
+    pub(crate) fn readers_with<T>(
+        &self,
+        body: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.readers.with(body)
+    }
+
     /// Reads a record as the application sees it. Returns deleted records too (`deleted: true`).
     pub fn get(&self, collection: &str, id: &str) -> Result<Option<RecordDoc>, StoreError> {
         self.readers.with(|conn| {

@@ -31,12 +31,14 @@ pub(crate) enum Request {
     Write { writes: Vec<LocalWrite>, reply: WriteReply },
     Remote { batch: RemoteBatch, reply: Reply<ApplyOutcome> },
     VersionVector { reply: Reply<VersionVector> },
+    SavePeer { device: DeviceId, doc: Option<String>, reply: Reply<()> },
 }
 
 /// A finished request waiting for the commit before its caller hears back.
 enum Done {
     Writes(WriteReply, Vec<WriteOutcome>),
     Remote(Reply<ApplyOutcome>, ApplyOutcome),
+    Peer(Reply<()>),
 }
 
 /// In-memory state that a failed request must roll back along with its savepoint.
@@ -165,6 +167,22 @@ impl Writer {
         for request in batch {
             match request {
                 Request::VersionVector { reply } => vv_waiters.push(reply),
+                Request::SavePeer { device, doc, reply } => {
+                    let result = match doc {
+                        Some(doc) => self
+                            .conn
+                            .prepare_cached("INSERT INTO peers (device, doc) VALUES (?1, ?2) ON CONFLICT(device) DO UPDATE SET doc = excluded.doc")
+                            .and_then(|mut s| s.execute(params![&device.0[..], doc])),
+                        None => self.conn.prepare_cached("DELETE FROM peers WHERE device = ?1").and_then(|mut s| s.execute([&device.0[..]])),
+                    };
+                    match result {
+                        // Answered after the commit, like every write.
+                        Ok(_) => done.push(Done::Peer(reply)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                        }
+                    }
+                }
                 Request::Write { writes, reply } => {
                     match self.in_savepoint(&mut events, |w, ev| writes.iter().map(|wr| w.local(wr, ev)).collect()) {
                         Ok(outcomes) => done.push(Done::Writes(reply, outcomes)),
@@ -192,6 +210,9 @@ impl Writer {
                         Done::Remote(reply, outcome) => {
                             let _ = reply.send(Ok(outcome));
                         }
+                        Done::Peer(reply) => {
+                            let _ = reply.send(Ok(()));
+                        }
                     }
                 }
             }
@@ -207,6 +228,9 @@ impl Writer {
                     match item {
                         Done::Writes(reply, _) => reply_write(reply, Err(err)),
                         Done::Remote(reply, _) => {
+                            let _ = reply.send(Err(err));
+                        }
+                        Done::Peer(reply) => {
                             let _ = reply.send(Err(err));
                         }
                     }
@@ -521,6 +545,9 @@ fn fail(request: Request, error: impl Fn() -> StoreError) {
             let _ = reply.send(Err(error()));
         }
         Request::VersionVector { reply } => {
+            let _ = reply.send(Err(error()));
+        }
+        Request::SavePeer { reply, .. } => {
             let _ = reply.send(Err(error()));
         }
     }

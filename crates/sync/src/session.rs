@@ -185,6 +185,8 @@ pub struct Session {
     // Receiving side.
     expected_batch: u64,
     applying: VecDeque<u64>,
+    /// Batches received while paused, applied on resume.
+    held: VecDeque<SessionEvent>,
     // Liveness.
     started_ms: u64,
     last_heard_ms: u64,
@@ -223,6 +225,7 @@ impl Session {
             paused: false,
             expected_batch: 1,
             applying: VecDeque::new(),
+            held: VecDeque::new(),
             started_ms: now_ms,
             last_heard_ms: now_ms,
             last_ping_ms: now_ms,
@@ -347,7 +350,7 @@ impl Session {
                 batch.seq, self.expected_batch
             )));
         }
-        if self.applying.len() >= self.config.window.max(1) * 4 {
+        if self.applying.len() > self.config.window.max(1) * 4 {
             return Err(SessionError::Protocol("peer ignores the window".into()));
         }
         self.expected_batch += 1;
@@ -362,13 +365,19 @@ impl Session {
             self.acked.observe(change.dot);
         }
         self.applying.push_back(batch.seq);
-        self.events.push_back(SessionEvent::Apply {
+        let apply = SessionEvent::Apply {
             seq: batch.seq,
             changes,
             advance: batch.advance,
             remaining: batch.remaining,
             caught_up: batch.caught_up,
-        });
+        };
+        // While paused nothing is applied or acknowledged: the sender's window fills and it stops.
+        if self.paused {
+            self.held.push_back(apply);
+        } else {
+            self.events.push_back(apply);
+        }
         Ok(())
     }
 
@@ -403,11 +412,14 @@ impl Session {
         self.changed_during_want |= self.want_outstanding;
     }
 
-    /// Stops (`true`) or resumes (`false`) sending changes. Acks and heartbeats go on.
+    /// Stops (`true`) or resumes (`false`) sync traffic both ways: nothing is sent, and what
+    /// arrives is held unapplied and unacknowledged, so the peer stops too once its window is
+    /// full. Heartbeats and messages go on. Resuming applies what was held and catches up.
     pub fn set_paused(&mut self, paused: bool) {
         self.paused = paused;
         if !paused {
             self.more_to_send = true;
+            self.events.extend(self.held.drain(..));
         }
     }
 

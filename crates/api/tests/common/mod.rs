@@ -2,6 +2,8 @@
 //! it without a socket and to snapshot the store (to prove a refused request changed nothing).
 #![allow(dead_code)] // Each test file uses its own subset.
 
+use std::collections::BTreeSet;
+
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
@@ -180,4 +182,44 @@ pub async fn open_sse(fixture: &Fixture, query: &str) -> SseReader<axum::body::B
     assert_eq!(response.status(), StatusCode::OK);
     assert!(response.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/event-stream"));
     SseReader::new(response.into_body())
+}
+
+/// Resolves `#/components/schemas/NAME` references.
+pub fn resolve<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(reference) => {
+            let name = reference.rsplit('/').next().unwrap();
+            &document["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
+pub fn response_schema<'a>(document: &'a Value, method: &str, path: &str, status: &str) -> &'a Value {
+    let schema =
+        &document["paths"][path][method.to_lowercase()]["responses"][status]["content"]["application/json"]["schema"];
+    assert!(schema.is_object(), "{method} {path} {status} has no JSON schema");
+    resolve(document, schema)
+}
+
+/// Checks that `body` has exactly the documented properties, recursively through objects and
+/// arrays of objects.
+pub fn assert_shape(document: &Value, schema: &Value, body: &Value, at: &str) {
+    let schema = resolve(document, schema);
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else { return };
+    let object = body.as_object().unwrap_or_else(|| panic!("{at}: expected an object, got {body}"));
+    let documented: BTreeSet<&String> = properties.keys().collect();
+    let actual: BTreeSet<&String> = object.keys().collect();
+    assert_eq!(actual, documented, "{at}: fields differ from the document");
+    for (key, property) in properties {
+        let property = resolve(document, property);
+        let value = &object[key];
+        if let (Some(items), Some(array)) = (property.get("items"), value.as_array()) {
+            for (i, item) in array.iter().enumerate() {
+                assert_shape(document, items, item, &format!("{at}.{key}[{i}]"));
+            }
+        } else if value.is_object() {
+            assert_shape(document, property, value, &format!("{at}.{key}"));
+        }
+    }
 }

@@ -1,0 +1,941 @@
+//! The mesh: this node's links to its peers. It listens, dials known peers with jittered
+//! exponential backoff, runs one sync [`Session`] per peer device over mutual TLS, applies what
+//! arrives to the store, streams local and relayed changes out, floods ephemeral messages, and
+//! keeps the peer table that `GET /v1/peers` shows (sources, addresses, state, last dial error).
+//!
+//! One task per link drives its session: frames and timers in, store work on the blocking pool,
+//! frames out. A duplicate link to the same device (both sides dialed at once) is resolved the
+//! same way on both ends: the link dialed by the smaller device id stays.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use meshsync_core::{DeviceId, VersionVector};
+use meshsync_net::{Connection, Endpoint, FrameReceiver, FrameSender, Identity};
+use meshsync_store::{RemoteBatch, ScopeFilter};
+use meshsync_sync::{Page, Session, SessionConfig, SessionEvent};
+use meshsync_wire::{Envelope, Hello, PeerAddrs, PROTOCOL_VERSION};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::group::Group;
+use crate::{Event, Inner, Message, NodeError};
+
+/// Most links at once.
+pub const LINKS_MAX: usize = 256;
+/// Most peers remembered.
+pub const PEERS_MAX: usize = 1024;
+/// Hops an ephemeral message may travel.
+pub const MESSAGE_HOPS: u8 = 8;
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MS_MIN: u64 = 250;
+const BACKOFF_MS_MAX: u64 = 30_000;
+const SEEN_MESSAGES_MAX: usize = 4096;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Settings of the mesh.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// Where to accept peers.
+    pub listen: SocketAddr,
+    /// Static peers (`host:port`).
+    pub peers: Vec<String>,
+    /// Heartbeat interval; a peer silent for four intervals is dropped.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// A peer's connection state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// A session is open.
+    Connected,
+    /// A dial or handshake is under way.
+    Connecting,
+    /// Not connected.
+    Disconnected,
+}
+
+/// What the mesh knows of one peer, as shown by the API.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Its device id, once known.
+    pub device_id: Option<String>,
+    /// Its name, once known.
+    pub name: Option<String>,
+    /// Addresses to reach it.
+    pub addrs: Vec<String>,
+    /// Connection state.
+    pub state: PeerState,
+    /// How we learned of it: static, invite, inbound, pex, mdns, beacon, rendezvous.
+    pub sources: Vec<String>,
+    /// Last frame received, ms since the epoch.
+    pub last_seen_ms: Option<u64>,
+    /// Last measured round trip.
+    pub rtt_ms: Option<u64>,
+    /// Last time it acknowledged changes from us, ms since the epoch.
+    pub last_sync_ms: Option<u64>,
+    /// Our changes it has not acknowledged yet.
+    pub lag: u64,
+    /// Why the last dial or link failed.
+    pub last_error: Option<String>,
+    /// What it has acknowledged.
+    pub acked: VersionVector,
+    /// Changes received from it since start.
+    pub received: u64,
+    /// Changes it acknowledged since start.
+    pub sent: u64,
+    /// Whether the initial catch-up from it has completed.
+    pub caught_up: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    info: PeerInfo,
+    device: Option<DeviceId>,
+    sources: BTreeSet<String>,
+    failures: u32,
+    next_dial_ms: u64,
+}
+
+/// Events the mesh publishes on the node's bus.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeerEvent {
+    /// A session opened.
+    Connected {
+        /// The peer.
+        device: DeviceId,
+        /// Its name.
+        name: String,
+        /// Its address.
+        addr: String,
+    },
+    /// A session ended.
+    Disconnected {
+        /// The peer.
+        device: DeviceId,
+        /// Why.
+        reason: String,
+    },
+    /// Catch-up progress from a peer.
+    Progress {
+        /// The peer.
+        device: DeviceId,
+        /// Changes received on this link so far.
+        received: u64,
+        /// Changes the peer still has queued for us (estimate).
+        remaining: u64,
+        /// Whether the initial catch-up completed.
+        caught_up: bool,
+    },
+}
+
+enum Command {
+    Pause(bool),
+    Send(Envelope),
+    Close(String),
+}
+
+struct LinkHandle {
+    id: u64,
+    dialer: DeviceId,
+    commands: mpsc::UnboundedSender<Command>,
+    notify: Arc<Notify>,
+}
+
+/// Ids of recent messages (a set for lookups, a queue for eviction), to drop flood duplicates.
+type SeenMessages = (HashSet<[u8; 16]>, VecDeque<[u8; 16]>);
+
+struct MeshInner {
+    node: Weak<Inner>,
+    endpoint: Endpoint,
+    group: Group,
+    me: DeviceId,
+    options: MeshOptions,
+    listen_addr: SocketAddr,
+    table: Mutex<Vec<Entry>>,
+    links: Mutex<HashMap<DeviceId, LinkHandle>>,
+    paused: AtomicBool,
+    next_link_id: AtomicU64,
+    seen: Mutex<SeenMessages>,
+    wake_dialer: Notify,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A running mesh. Cheap to clone; stops when [`Mesh::shutdown`] is called.
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<MeshInner>,
+}
+
+impl Mesh {
+    pub(crate) async fn start(
+        node: &crate::Node,
+        group: Group,
+        identity: Identity,
+        options: MeshOptions,
+    ) -> Result<Mesh, NodeError> {
+        let endpoint = Endpoint::new(identity).map_err(|e| NodeError::Network(e.to_string()))?;
+        let mut listener = endpoint.bind(options.listen).await.map_err(|e| {
+            NodeError::Network(format!(
+                "cannot listen for peers on {}: {e}; choose another address with --listen",
+                options.listen
+            ))
+        })?;
+        let listen_addr = listener.local_addr().map_err(|e| NodeError::Network(e.to_string()))?;
+        let (shutdown, _) = watch::channel(false);
+        let inner = Arc::new(MeshInner {
+            node: Arc::downgrade(&node.inner),
+            me: endpoint.device_id(),
+            endpoint,
+            group,
+            options: options.clone(),
+            listen_addr,
+            table: Mutex::new(Vec::new()),
+            links: Mutex::new(HashMap::new()),
+            paused: AtomicBool::new(false),
+            next_link_id: AtomicU64::new(1),
+            seen: Mutex::new((HashSet::new(), VecDeque::new())),
+            wake_dialer: Notify::new(),
+            shutdown,
+        });
+        let mesh = Mesh { inner };
+        // Peers remembered from earlier runs, then the configured static ones.
+        if let Ok(saved) = node.store().peers() {
+            for (device, doc) in saved {
+                if let Ok(info) = serde_json::from_str::<PeerInfo>(&doc) {
+                    for source in &info.sources {
+                        mesh.learn(Some(device), &info.addrs, source, false);
+                    }
+                    mesh.update(device, |e| {
+                        e.info.name = info.name.clone();
+                        e.info.acked = info.acked.clone();
+                        e.info.last_sync_ms = info.last_sync_ms;
+                    });
+                }
+            }
+        }
+        for addr in &options.peers {
+            mesh.learn(None, std::slice::from_ref(addr), "static", true);
+        }
+        let accept_mesh = mesh.clone();
+        let mut stop = mesh.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(conn) => {
+                            let mesh = accept_mesh.clone();
+                            tokio::spawn(async move { mesh.run_link(conn, false).await });
+                        }
+                        Err(e) => {
+                            tracing::info!(error = %e, "refused an incoming connection");
+                            if !matches!(e, meshsync_net::NetError::Incoming { .. }) {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                        }
+                    },
+                }
+            }
+        });
+        tokio::spawn(mesh.clone().dialer());
+        tokio::spawn(mesh.clone().notifier());
+        tracing::info!(listen = %listen_addr, group = %mesh.inner.group.id_text(), "mesh started");
+        Ok(mesh)
+    }
+
+    fn node(&self) -> Option<crate::Node> {
+        self.inner.node.upgrade().map(|inner| crate::Node { inner })
+    }
+
+    /// This device.
+    pub fn device_id(&self) -> DeviceId {
+        self.inner.me
+    }
+
+    /// The group.
+    pub fn group(&self) -> &Group {
+        &self.inner.group
+    }
+
+    /// Where the mesh accepts peers.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.inner.listen_addr
+    }
+
+    /// Addresses other devices can dial: the listen address, or every interface's if it is
+    /// unspecified (loopback last).
+    pub fn advertised_addrs(&self) -> Vec<String> {
+        let addr = self.inner.listen_addr;
+        if !addr.ip().is_unspecified() {
+            return vec![addr.to_string()];
+        }
+        let mut out: Vec<(bool, String)> = if_addrs::get_if_addrs()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.ip().is_ipv4() || addr.is_ipv6())
+            .map(|i| (i.is_loopback(), SocketAddr::new(i.ip(), addr.port()).to_string()))
+            .collect();
+        out.sort();
+        out.into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// An invite code for this group, valid `ttl_s` seconds.
+    pub fn invite(&self, ttl_s: u64) -> (String, u64) {
+        let expires_ms = now_ms() + ttl_s * 1000;
+        (self.inner.group.invite(self.inner.me, &self.advertised_addrs(), expires_ms), expires_ms)
+    }
+
+    /// Whether sync traffic is paused.
+    pub fn paused(&self) -> bool {
+        self.inner.paused.load(Ordering::SeqCst)
+    }
+
+    /// Pauses (stops all sync traffic) or resumes (catches up) every link.
+    pub fn set_paused(&self, paused: bool) {
+        self.inner.paused.store(paused, Ordering::SeqCst);
+        for link in self.inner.links.lock().expect("lock").values() {
+            let _ = link.commands.send(Command::Pause(paused));
+        }
+    }
+
+    /// Drops every link and dials again now.
+    pub fn reconnect(&self) {
+        for link in self.inner.links.lock().expect("lock").values() {
+            let _ = link.commands.send(Command::Close("reconnect requested".into()));
+        }
+        for entry in self.inner.table.lock().expect("lock").iter_mut() {
+            entry.failures = 0;
+            entry.next_dial_ms = 0;
+        }
+        self.inner.wake_dialer.notify_one();
+    }
+
+    /// Adds a static peer address; it is dialed at once.
+    pub fn add_peer(&self, addr: &str) {
+        self.learn(None, &[addr.to_string()], "static", true);
+    }
+
+    /// Forgets a peer (by device id or address) and closes its link.
+    pub fn remove_peer(&self, key: &str) -> bool {
+        let device: Option<DeviceId> = key.parse().ok();
+        let mut table = self.inner.table.lock().expect("lock");
+        let before = table.len();
+        table.retain(|e| !(device.is_some() && e.device == device || e.info.addrs.iter().any(|a| a == key)));
+        let removed = table.len() != before;
+        drop(table);
+        if let Some(device) = device {
+            if let Some(link) = self.inner.links.lock().expect("lock").get(&device) {
+                let _ = link.commands.send(Command::Close("peer removed".into()));
+            }
+            if let Some(node) = self.node() {
+                let _ = node.store().save_peer(device, None);
+            }
+        }
+        removed
+    }
+
+    /// Snapshot of the peer table.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let vector = self.node().and_then(|n| n.store().version_vector().ok()).unwrap_or_default();
+        let table = self.inner.table.lock().expect("lock");
+        table
+            .iter()
+            .map(|e| {
+                let mut info = e.info.clone();
+                info.sources = e.sources.iter().cloned().collect();
+                info.lag = info.acked.lag_behind(&vector);
+                info
+            })
+            .collect()
+    }
+
+    /// Number of open sessions.
+    pub fn connected(&self) -> usize {
+        self.inner.table.lock().expect("lock").iter().filter(|e| e.info.state == PeerState::Connected).count()
+    }
+
+    /// Tries to reach a peer (by device id or address): dial, handshake, close. Returns the round
+    /// trip of the TLS handshake in ms.
+    pub async fn test_peer(&self, key: &str) -> Result<u64, String> {
+        let device: Option<DeviceId> = key.parse().ok();
+        let addrs = {
+            let table = self.inner.table.lock().expect("lock");
+            table
+                .iter()
+                .find(|e| device.is_some() && e.device == device || e.info.addrs.iter().any(|a| a == key))
+                .map(|e| e.info.addrs.clone())
+        };
+        let addrs = match (addrs, device) {
+            (Some(addrs), _) if !addrs.is_empty() => addrs,
+            (_, None) => vec![key.to_string()],
+            _ => return Err("no known address for that device".into()),
+        };
+        let mut last = String::new();
+        for addr in addrs {
+            let started = std::time::Instant::now();
+            match self.inner.endpoint.dial(addr.as_str(), device, DIAL_TIMEOUT).await {
+                Ok(conn) => {
+                    let rtt = started.elapsed().as_millis() as u64;
+                    let _ = conn.close().await;
+                    return Ok(rtt);
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends an ephemeral message to every peer (or the addressee) through the mesh.
+    pub fn send(&self, message: &Message, id: [u8; 16]) {
+        let envelope = Envelope {
+            id,
+            from: message.from,
+            to: message.to,
+            kind: message.kind.clone(),
+            data: message.data.to_string(),
+            sent_ms: message.sent_ms,
+            hops: MESSAGE_HOPS,
+        };
+        self.remember(id);
+        self.forward(&envelope, None);
+    }
+
+    /// Stops every task and closes every link.
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+        for link in self.inner.links.lock().expect("lock").values() {
+            let _ = link.commands.send(Command::Close("shutting down".into()));
+        }
+    }
+
+    fn remember(&self, id: [u8; 16]) -> bool {
+        let mut seen = self.inner.seen.lock().expect("lock");
+        if !seen.0.insert(id) {
+            return false;
+        }
+        seen.1.push_back(id);
+        if seen.1.len() > SEEN_MESSAGES_MAX {
+            if let Some(old) = seen.1.pop_front() {
+                seen.0.remove(&old);
+            }
+        }
+        true
+    }
+
+    fn forward(&self, envelope: &Envelope, except: Option<DeviceId>) {
+        if envelope.hops == 0 {
+            return;
+        }
+        let mut next = envelope.clone();
+        next.hops -= 1;
+        for (device, link) in self.inner.links.lock().expect("lock").iter() {
+            if Some(*device) != except && Some(*device) != Some(envelope.from) {
+                let _ = link.commands.send(Command::Send(next.clone()));
+            }
+        }
+    }
+
+    fn on_message(&self, envelope: Envelope, from_link: DeviceId) {
+        if !self.remember(envelope.id) {
+            return;
+        }
+        if envelope.to.is_none() || envelope.to == Some(self.inner.me) {
+            if let (Some(node), Ok(data)) = (self.node(), serde_json::from_str(&envelope.data)) {
+                node.publish(Event::Message(Message {
+                    from: envelope.from,
+                    to: envelope.to,
+                    kind: envelope.kind.clone(),
+                    data,
+                    sent_ms: envelope.sent_ms,
+                }));
+            }
+        }
+        if envelope.to != Some(self.inner.me) {
+            self.forward(&envelope, Some(from_link));
+        }
+    }
+
+    /// Adds addresses (and maybe a device id) to the peer table under `source`.
+    fn learn(&self, device: Option<DeviceId>, addrs: &[String], source: &str, wake: bool) {
+        if device == Some(self.inner.me) {
+            return;
+        }
+        let mut table = self.inner.table.lock().expect("lock");
+        let position = table.iter().position(|e| device.is_some() && e.device == device).or_else(|| {
+            table.iter().position(|e| {
+                e.info.addrs.iter().any(|a| addrs.contains(a))
+                    && (e.device.is_none() || device.is_none() || e.device == device)
+            })
+        });
+        let entry = match position {
+            Some(i) => &mut table[i],
+            None => {
+                if table.len() >= PEERS_MAX {
+                    return;
+                }
+                table.push(Entry {
+                    info: PeerInfo {
+                        device_id: None,
+                        name: None,
+                        addrs: Vec::new(),
+                        state: PeerState::Disconnected,
+                        sources: Vec::new(),
+                        last_seen_ms: None,
+                        rtt_ms: None,
+                        last_sync_ms: None,
+                        lag: 0,
+                        last_error: None,
+                        acked: VersionVector::new(),
+                        received: 0,
+                        sent: 0,
+                        caught_up: false,
+                    },
+                    device: None,
+                    sources: BTreeSet::new(),
+                    failures: 0,
+                    next_dial_ms: 0,
+                });
+                table.last_mut().expect("just pushed")
+            }
+        };
+        if let Some(device) = device {
+            entry.device = Some(device);
+            entry.info.device_id = Some(device.to_string());
+        }
+        for addr in addrs {
+            if !entry.info.addrs.contains(addr) && entry.info.addrs.len() < 16 {
+                entry.info.addrs.push(addr.clone());
+            }
+        }
+        entry.sources.insert(source.to_string());
+        drop(table);
+        if wake {
+            self.inner.wake_dialer.notify_one();
+        }
+    }
+
+    fn update(&self, device: DeviceId, change: impl FnOnce(&mut Entry)) {
+        let mut table = self.inner.table.lock().expect("lock");
+        if let Some(entry) = table.iter_mut().find(|e| e.device == Some(device)) {
+            change(entry);
+        }
+    }
+
+    async fn dialer(self) {
+        let mut stop = self.inner.shutdown.subscribe();
+        loop {
+            let now = now_ms();
+            let due: Vec<(usize, Option<DeviceId>, Vec<String>)> = {
+                let links = self.inner.links.lock().expect("lock");
+                let mut table = self.inner.table.lock().expect("lock");
+                table
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, e)| {
+                        e.info.state == PeerState::Disconnected && e.next_dial_ms <= now && !e.info.addrs.is_empty()
+                    })
+                    .filter(|(_, e)| e.device.is_none_or(|d| !links.contains_key(&d)))
+                    .map(|(i, e)| {
+                        e.info.state = PeerState::Connecting;
+                        (i, e.device, e.info.addrs.clone())
+                    })
+                    .collect()
+            };
+            for (_, device, addrs) in due {
+                let mesh = self.clone();
+                tokio::spawn(async move { mesh.dial(device, addrs).await });
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = self.inner.wake_dialer.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    async fn dial(self, device: Option<DeviceId>, addrs: Vec<String>) {
+        let mut errors = Vec::new();
+        for addr in &addrs {
+            match self.inner.endpoint.dial(addr.as_str(), device, DIAL_TIMEOUT).await {
+                Ok(conn) => {
+                    let found = conn.peer_device_id();
+                    if device.is_none() {
+                        // A static address now has a device behind it: merge what we know.
+                        let mut table = self.inner.table.lock().expect("lock");
+                        if let Some(i) = table.iter().position(|e| e.device.is_none() && e.info.addrs.contains(addr)) {
+                            let sources = table[i].sources.clone();
+                            let extra_addrs = table[i].info.addrs.clone();
+                            if let Some(j) = table.iter().position(|e| e.device == Some(found)) {
+                                table[j].sources.extend(sources);
+                                for a in extra_addrs {
+                                    if !table[j].info.addrs.contains(&a) {
+                                        table[j].info.addrs.push(a);
+                                    }
+                                }
+                                table[j].info.state = PeerState::Connecting;
+                                table.remove(i);
+                            } else {
+                                table[i].device = Some(found);
+                                table[i].info.device_id = Some(found.to_string());
+                            }
+                        }
+                    }
+                    self.run_link(conn, true).await;
+                    return;
+                }
+                Err(e) => errors.push(format!("{addr}: {e}")),
+            }
+        }
+        let reason = errors.join("; ");
+        tracing::debug!(peer = ?device, %reason, "dial failed");
+        let mut table = self.inner.table.lock().expect("lock");
+        if let Some(entry) = table
+            .iter_mut()
+            .find(|e| (device.is_some() && e.device == device) || (device.is_none() && e.info.addrs == addrs))
+        {
+            if entry.info.state == PeerState::Connecting {
+                entry.info.state = PeerState::Disconnected;
+            }
+            entry.info.last_error = Some(reason);
+            entry.failures = (entry.failures + 1).min(20);
+            entry.next_dial_ms = now_ms() + backoff_ms(entry.failures);
+        }
+    }
+
+    /// Registers a link unless a better one to the same device exists.
+    fn register(
+        &self,
+        device: DeviceId,
+        outbound: bool,
+        notify: Arc<Notify>,
+        commands: mpsc::UnboundedSender<Command>,
+    ) -> Option<u64> {
+        let dialer = if outbound { self.inner.me } else { device };
+        let mut links = self.inner.links.lock().expect("lock");
+        if let Some(existing) = links.get(&device) {
+            let keep_existing = existing.dialer != dialer && existing.dialer == self.inner.me.min(device);
+            if keep_existing {
+                return None;
+            }
+            let _ = existing.commands.send(Command::Close("replaced by a newer link".into()));
+        } else if links.len() >= LINKS_MAX {
+            return None;
+        }
+        let id = self.inner.next_link_id.fetch_add(1, Ordering::SeqCst);
+        links.insert(device, LinkHandle { id, dialer, commands, notify });
+        Some(id)
+    }
+
+    async fn notifier(self) {
+        let Some(node) = self.node() else { return };
+        let mut events = node.subscribe();
+        drop(node);
+        let mut stop = self.inner.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                event = events.recv() => match event {
+                    Ok(Event::Store(_)) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        for link in self.inner.links.lock().expect("lock").values() {
+                            link.notify.notify_one();
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                },
+            }
+        }
+    }
+
+    async fn run_link(self, conn: Connection, outbound: bool) {
+        let peer = *conn.peer();
+        let device = peer.device_id;
+        let addr = peer.addr.to_string();
+        if device == self.inner.me {
+            let _ = conn.close().await;
+            return;
+        }
+        let mut link = Link { outbound, id: None, notify: Arc::new(Notify::new()), commands: None };
+        let (commands_tx, mut commands) = mpsc::unbounded_channel();
+        link.commands = Some(commands_tx);
+        let reason = match self.drive(conn, device, &addr, &mut link, &mut commands).await {
+            Ok(()) => "closed".to_string(),
+            Err(reason) => reason,
+        };
+        let Some(link_id) = link.id else {
+            // Never established (a probe, a refused or a duplicate link): nothing to undo.
+            tracing::debug!(peer = %device.short(), %reason, "link ended before it was established");
+            if outbound {
+                self.update(device, |e| {
+                    if e.info.state == PeerState::Connecting {
+                        e.info.state = PeerState::Disconnected;
+                        e.info.last_error = Some(reason.clone());
+                        e.failures = (e.failures + 1).min(20);
+                        e.next_dial_ms = now_ms() + backoff_ms(e.failures);
+                    }
+                });
+            }
+            return;
+        };
+        let mut links = self.inner.links.lock().expect("lock");
+        let still_ours = links.get(&device).is_some_and(|l| l.id == link_id);
+        if still_ours {
+            links.remove(&device);
+        }
+        drop(links);
+        if still_ours {
+            self.update(device, |e| {
+                e.info.state = PeerState::Disconnected;
+                e.info.last_error = Some(reason.clone());
+                e.failures = (e.failures + 1).min(20);
+                e.next_dial_ms = now_ms() + backoff_ms(e.failures.min(3));
+            });
+            if let Some(node) = self.node() {
+                node.publish(Event::Peer(PeerEvent::Disconnected { device, reason: reason.clone() }));
+            }
+            tracing::info!(peer = %device.short(), %reason, "peer disconnected");
+        }
+    }
+
+    async fn drive(
+        &self,
+        conn: Connection,
+        device: DeviceId,
+        addr: &str,
+        link: &mut Link,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<(), String> {
+        let notify = link.notify.clone();
+        let node = self.node().ok_or("node closed")?;
+        let binding = conn.channel_binding();
+        let group = self.inner.group.clone();
+        let store_vector = {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || node.store().version_vector())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+        };
+        let hello = Hello {
+            protocol: PROTOCOL_VERSION,
+            device: self.inner.me,
+            name: node.name(),
+            group: group.id,
+            proof: group.proof(&binding, self.inner.me),
+            vector: store_vector,
+            scopes: Vec::new(),
+            listen_port: Some(self.inner.listen_addr.port()),
+        };
+        let admission = Box::new(move |h: &Hello| {
+            if group.verify(&binding, h.device, &h.proof) {
+                Ok(None)
+            } else {
+                Err("membership proof does not verify: the peer is not a member of this group".to_string())
+            }
+        });
+        let config = SessionConfig::with_heartbeat(self.inner.options.heartbeat_interval_ms);
+        let mut session = Session::new(config, hello, device, admission, now_ms());
+        session.set_paused(self.paused());
+        let (mut tx, mut rx): (FrameSender, FrameReceiver) = conn.split();
+        let mut stop = self.inner.shutdown.subscribe();
+        let mut received_on_link = 0u64;
+        let mut close_reason = None;
+        let result = loop {
+            // Do everything the session asks, then wait for the next input.
+            if let Err(e) = self.service(&node, &mut session, device, addr, link, &mut received_on_link).await {
+                session.close(&e);
+                close_reason.get_or_insert(e);
+            }
+            let mut wrote = false;
+            while let Some(frame) = session.poll_transmit() {
+                if let Err(e) = tx.feed(frame).await {
+                    session.close(&e.to_string());
+                    break;
+                }
+                wrote = true;
+            }
+            if wrote {
+                if let Err(e) = tx.flush().await {
+                    break Err(e.to_string());
+                }
+            }
+            if session.is_closed() {
+                let mut reason = close_reason.take().unwrap_or_else(|| "closed".to_string());
+                while let Some(event) = session.poll_event() {
+                    if let SessionEvent::Closed(e) = event {
+                        reason = e.to_string();
+                    }
+                }
+                break Err(reason);
+            }
+            let deadline = session.next_timeout().unwrap_or(now_ms() + 1000);
+            let sleep = Duration::from_millis(deadline.saturating_sub(now_ms()).max(1));
+            tokio::select! {
+                frame = rx.recv() => match frame {
+                    Ok(Some(bytes)) => {
+                        let _ = session.handle_frame(now_ms(), &bytes);
+                        self.update(device, |e| e.info.last_seen_ms = Some(now_ms()));
+                    }
+                    Ok(None) => break Err("the peer closed the connection".into()),
+                    Err(e) => break Err(e.to_string()),
+                },
+                _ = notify.notified() => session.notify_changes(),
+                command = commands.recv() => match command {
+                    Some(Command::Pause(paused)) => session.set_paused(paused),
+                    Some(Command::Send(envelope)) => session.send_message(envelope),
+                    Some(Command::Close(reason)) => session.close(&reason),
+                    None => session.close("link dropped"),
+                },
+                _ = tokio::time::sleep(sleep) => session.handle_timeout(now_ms()),
+                _ = stop.changed() => session.close("shutting down"),
+            }
+        };
+        let _ = tx.close().await;
+        result
+    }
+}
+
+impl Mesh {
+    /// Handles the session's events and requests for changes until it has none.
+    async fn service(
+        &self,
+        node: &crate::Node,
+        session: &mut Session,
+        device: DeviceId,
+        addr: &str,
+        link: &mut Link,
+        received_on_link: &mut u64,
+    ) -> Result<(), String> {
+        loop {
+            let mut progressed = false;
+            while let Some(event) = session.poll_event() {
+                progressed = true;
+                match event {
+                    SessionEvent::Established(info) => {
+                        // Only an admitted peer takes a link slot, so a probe or a stranger can
+                        // never displace a working link.
+                        let commands = link.commands.take().ok_or("link registered twice")?;
+                        link.id = Some(
+                            self.register(device, link.outbound, link.notify.clone(), commands)
+                                .ok_or("a link to this peer already exists")?,
+                        );
+                        let mut addrs = Vec::new();
+                        if let (Some(port), Ok(socket)) = (info.listen_port, addr.parse::<SocketAddr>()) {
+                            addrs.push(SocketAddr::new(socket.ip(), port).to_string());
+                        }
+                        self.learn(Some(device), &addrs, "inbound", false);
+                        self.update(device, |e| {
+                            e.info.state = PeerState::Connected;
+                            e.info.name = Some(info.name.clone());
+                            e.info.last_error = None;
+                            e.info.acked = info.vector.clone();
+                            e.info.caught_up = false;
+                            e.failures = 0;
+                        });
+                        tracing::info!(peer = %device.short(), name = %info.name, %addr, "peer connected");
+                        node.publish(Event::Peer(PeerEvent::Connected {
+                            device,
+                            name: info.name,
+                            addr: addr.to_string(),
+                        }));
+                        // Peer exchange: tell the newcomer where the others are.
+                        let others: Vec<PeerAddrs> = self
+                            .peers()
+                            .into_iter()
+                            .filter_map(|p| {
+                                Some(PeerAddrs { device: p.device_id.as_deref()?.parse().ok()?, addrs: p.addrs })
+                            })
+                            .filter(|p| p.device != device && !p.addrs.is_empty())
+                            .take(64)
+                            .collect();
+                        session.send_peers(others);
+                    }
+                    SessionEvent::Apply { seq, changes, advance, remaining, caught_up } => {
+                        let count = changes.len() as u64;
+                        let store_node = node.clone();
+                        let applied = tokio::task::spawn_blocking(move || {
+                            store_node.store().apply_remote(RemoteBatch { changes, advance })
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                        applied.map_err(|e| format!("cannot apply changes from the peer: {e}"))?;
+                        session.applied(seq);
+                        *received_on_link += count;
+                        let received = *received_on_link;
+                        self.update(device, |e| {
+                            e.info.received += count;
+                            e.info.caught_up |= caught_up;
+                        });
+                        node.publish(Event::Peer(PeerEvent::Progress { device, received, remaining, caught_up }));
+                    }
+                    SessionEvent::Acked { acked, changes } => {
+                        let now = now_ms();
+                        let mut doc = None;
+                        self.update(device, |e| {
+                            e.info.acked = acked;
+                            e.info.sent += changes;
+                            e.info.last_sync_ms = Some(now);
+                            doc = serde_json::to_string(&e.info).ok();
+                        });
+                        if let Some(doc) = doc {
+                            let store_node = node.clone();
+                            let _ =
+                                tokio::task::spawn_blocking(move || store_node.store().save_peer(device, Some(doc)))
+                                    .await;
+                        }
+                    }
+                    SessionEvent::Message(envelope) => self.on_message(envelope, device),
+                    SessionEvent::Peers(list) => {
+                        for peer in list {
+                            self.learn(Some(peer.device), &peer.addrs, "pex", true);
+                        }
+                    }
+                    SessionEvent::Rtt(ms) => self.update(device, |e| e.info.rtt_ms = Some(ms)),
+                    SessionEvent::Closed(e) => return Err(e.to_string()),
+                }
+            }
+            if let Some(want) = session.poll_want() {
+                progressed = true;
+                let store_node = node.clone();
+                let page = tokio::task::spawn_blocking(move || {
+                    let filter = want.scopes.map(ScopeFilter::Scopes).unwrap_or(ScopeFilter::All);
+                    store_node.store().changes_page(&want.cursor, &filter, want.limit, want.bytes_max)
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("cannot read changes to send: {e}"))?;
+                session.send_page(Page {
+                    changes: page.changes,
+                    cursor: page.cursor,
+                    exhausted: page.exhausted,
+                    remaining: page.remaining,
+                });
+            }
+            if !progressed {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One link's registration: filled in when its session is established.
+struct Link {
+    outbound: bool,
+    id: Option<u64>,
+    notify: Arc<Notify>,
+    commands: Option<mpsc::UnboundedSender<Command>>,
+}
+
+fn backoff_ms(failures: u32) -> u64 {
+    let base = (BACKOFF_MS_MIN << failures.min(8)).min(BACKOFF_MS_MAX);
+    base / 2 + rand::rng().random_range(0..=base / 2)
+}
