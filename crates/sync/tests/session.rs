@@ -72,7 +72,7 @@ fn hello(device: DeviceId, group: GroupId, vector: &VersionVector) -> Hello {
     Hello {
         protocol: PROTOCOL_VERSION,
         device,
-        name: format!("{}", device.short()),
+        name: device.short(),
         group,
         proof: vec![1],
         vector: vector.clone(),
