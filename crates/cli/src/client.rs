@@ -405,6 +405,20 @@ fn watch(target: &Target, cursor: Option<u64>, collection: Option<String>) -> Re
                         compact(&event["field"]),
                         compact(&event["id"])
                     ),
+                    "peer.connected" => format!(
+                        "{} ({}) at {}",
+                        compact(&event["name"]),
+                        compact(&event["device_id"]),
+                        compact(&event["addr"])
+                    ),
+                    "peer.disconnected" => format!("{}: {}", compact(&event["device_id"]), compact(&event["reason"])),
+                    "sync.progress" => format!(
+                        "from {}: {} received, about {} to go{}",
+                        compact(&event["device_id"]),
+                        event["received"],
+                        event["remaining"],
+                        if event["caught_up"] == true { " (caught up)" } else { "" }
+                    ),
                     "message" => {
                         let m = &event["message"];
                         format!("{} from {}: {}", compact(&m["type"]), compact(&m["from"]), m["data"])

@@ -165,6 +165,7 @@ async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf, join: Op
     println!("Press Ctrl-C to stop.");
     tracing::info!(api = %bound, device = %node.device_id(), "node running");
 
+    tokio::spawn(report_sync(node.clone()));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(meshsync_api::serve(listener, state, async move {
         let _ = stop_rx.await;
@@ -182,6 +183,45 @@ async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf, join: Op
     tokio::task::spawn_blocking(move || closing.close()).await?;
     println!("stopped cleanly");
     Ok(())
+}
+
+/// Prints peers coming and going, and the progress of catch-ups, so a device joining a busy group
+/// shows how far along it is.
+async fn report_sync(node: Node) {
+    use meshsync_node::mesh::PeerEvent;
+    use meshsync_node::Event;
+    let mut events = node.subscribe();
+    let mut last_print = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    let mut started: std::collections::HashMap<meshsync_node::DeviceId, std::time::Instant> = Default::default();
+    loop {
+        match events.recv().await {
+            Ok(Event::Peer(PeerEvent::Connected { device, name, addr })) => {
+                println!("peer connected: {name} ({}) at {addr}", device.short());
+            }
+            Ok(Event::Peer(PeerEvent::Disconnected { device, reason })) => {
+                println!("peer disconnected: {} ({reason})", device.short());
+                started.remove(&device);
+            }
+            Ok(Event::Peer(PeerEvent::Progress { device, received, remaining, caught_up })) => {
+                let since = *started.entry(device).or_insert_with(std::time::Instant::now);
+                if caught_up {
+                    if received > 0 {
+                        println!(
+                            "caught up with {}: {received} changes in {:.1} s",
+                            device.short(),
+                            since.elapsed().as_secs_f64()
+                        );
+                    }
+                } else if last_print.elapsed() >= std::time::Duration::from_millis(500) {
+                    last_print = std::time::Instant::now();
+                    println!("syncing from {}: {received} changes received, about {remaining} to go", device.short());
+                }
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {
