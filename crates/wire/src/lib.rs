@@ -2,8 +2,9 @@
 //! binary message each. Decoding checks every size before allocating and validates what it
 //! decoded, so the layers above only see well-formed messages. See `docs/protocol.md`.
 //!
-//! This crate is pure: bytes in, messages out. It is the first thing a peer's bytes reach, so it
-//! is fuzzed (`fuzz/fuzz_targets/wire_frame.rs`).
+//! This crate is pure: bytes in, messages out. It is the first thing a peer's bytes reach, so a
+//! property test feeds it arbitrary bytes (and it is the first target for coverage-guided
+//! fuzzing).
 
 use meshsync_core::name::{check_collection_or_system, check_field, check_record_id};
 use meshsync_core::record::SCOPE_FIELD;
