@@ -35,6 +35,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MS_MIN: u64 = 250;
 const BACKOFF_MS_MAX: u64 = 30_000;
 const SEEN_MESSAGES_MAX: usize = 4096;
+/// Most changes applied in one transaction when several batches are waiting.
+const REMOTE_APPLY_CHANGES_MAX: usize = meshsync_store::REMOTE_BATCH_CHANGES_MAX;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
@@ -817,7 +819,8 @@ impl Mesh {
     ) -> Result<(), String> {
         loop {
             let mut progressed = false;
-            while let Some(event) = session.poll_event() {
+            let mut pending: VecDeque<SessionEvent> = std::iter::from_fn(|| session.poll_event()).collect();
+            while let Some(event) = pending.pop_front() {
                 progressed = true;
                 match event {
                     SessionEvent::Established(info) => {
@@ -859,7 +862,30 @@ impl Mesh {
                             .collect();
                         session.send_peers(others);
                     }
-                    SessionEvent::Apply { seq, changes, advance, remaining, caught_up } => {
+                    SessionEvent::Apply { seq, mut changes, mut advance, mut remaining, mut caught_up } => {
+                        // Batches that arrived together commit together: a commit costs about the
+                        // pages it touches, so fewer, larger transactions write far less.
+                        let mut seqs = vec![seq];
+                        while let Some(SessionEvent::Apply { .. }) = pending.front() {
+                            if changes.len() >= REMOTE_APPLY_CHANGES_MAX / 2 {
+                                break;
+                            }
+                            let Some(SessionEvent::Apply {
+                                seq,
+                                changes: more,
+                                advance: more_advance,
+                                remaining: r,
+                                caught_up: c,
+                            }) = pending.pop_front()
+                            else {
+                                unreachable!("checked by the loop condition")
+                            };
+                            seqs.push(seq);
+                            changes.extend(more);
+                            advance.extend(more_advance);
+                            remaining = r;
+                            caught_up |= c;
+                        }
                         let count = changes.len() as u64;
                         let store_node = node.clone();
                         let applied = tokio::task::spawn_blocking(move || {
@@ -868,7 +894,9 @@ impl Mesh {
                         .await
                         .map_err(|e| e.to_string())?;
                         applied.map_err(|e| format!("cannot apply changes from the peer: {e}"))?;
-                        session.applied(seq);
+                        for seq in seqs {
+                            session.applied(seq);
+                        }
                         *received_on_link += count;
                         let received = *received_on_link;
                         self.update(device, |e| {

@@ -25,8 +25,8 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> SessionConfig {
         SessionConfig {
-            batch_changes_max: 4096,
-            batch_bytes_max: 1 << 20,
+            batch_changes_max: 16_384,
+            batch_bytes_max: 4 << 20,
             window: 4,
             heartbeat_interval_ms: 2_000,
             dead_after_ms: 8_000,
