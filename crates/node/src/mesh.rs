@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use meshsync_core::{DeviceId, VersionVector};
 use meshsync_net::{Connection, Endpoint, FrameReceiver, FrameSender, Identity};
 use meshsync_store::{RemoteBatch, ScopeFilter};
@@ -35,6 +36,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MS_MIN: u64 = 250;
 const BACKOFF_MS_MAX: u64 = 30_000;
 const SEEN_MESSAGES_MAX: usize = 4096;
+/// Frames read without waiting after one arrives, before the session's work is done.
+const FRAMES_DRAINED_MAX: usize = 16;
 /// Most changes applied in one transaction when several batches are waiting.
 const REMOTE_APPLY_CHANGES_MAX: usize = meshsync_store::REMOTE_BATCH_CHANGES_MAX;
 
@@ -785,6 +788,17 @@ impl Mesh {
                 frame = rx.recv() => match frame {
                     Ok(Some(bytes)) => {
                         let _ = session.handle_frame(now_ms(), &bytes);
+                        // Take the frames that are already here before doing the work they ask
+                        // for, so batches that arrived together commit in one transaction.
+                        for _ in 0..FRAMES_DRAINED_MAX {
+                            match rx.recv().now_or_never() {
+                                Some(Ok(Some(bytes))) => {
+                                    let _ = session.handle_frame(now_ms(), &bytes);
+                                }
+                                // Not ready, or the link ended: the next `recv` reports it.
+                                _ => break,
+                            }
+                        }
                         self.update(device, |e| e.info.last_seen_ms = Some(now_ms()));
                     }
                     Ok(None) => break Err("the peer closed the connection".into()),
