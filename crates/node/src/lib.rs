@@ -448,22 +448,10 @@ impl Node {
             Some(_) => {}
             None => joined.save(&self.inner.dir)?,
         }
-        let info = mesh::PeerInfo {
-            device_id: Some(invite.inviter.to_string()),
-            name: None,
-            addrs: invite.addrs.clone(),
-            state: mesh::PeerState::Disconnected,
-            sources: vec!["invite".into()],
-            last_seen_ms: None,
-            rtt_ms: None,
-            last_sync_ms: None,
-            lag: 0,
-            last_error: None,
-            acked: VersionVector::new(),
-            received: 0,
-            sent: 0,
-            caught_up: false,
-        };
+        let mut info = mesh::PeerInfo::unknown();
+        info.device_id = Some(invite.inviter.to_string());
+        info.addrs = invite.addrs.clone();
+        info.sources = vec!["invite".into()];
         let doc = serde_json::to_string(&info).map_err(|e| NodeError::Storage(e.to_string()))?;
         self.inner.store.save_peer(invite.inviter, Some(doc))?;
         Ok(invite)

@@ -101,6 +101,28 @@ pub struct PeerInfo {
     pub caught_up: bool,
 }
 
+impl PeerInfo {
+    /// A peer we know nothing about yet.
+    pub fn unknown() -> PeerInfo {
+        PeerInfo {
+            device_id: None,
+            name: None,
+            addrs: Vec::new(),
+            state: PeerState::Disconnected,
+            sources: Vec::new(),
+            last_seen_ms: None,
+            rtt_ms: None,
+            last_sync_ms: None,
+            lag: 0,
+            last_error: None,
+            acked: VersionVector::new(),
+            received: 0,
+            sent: 0,
+            caught_up: false,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     info: PeerInfo,
@@ -488,22 +510,7 @@ impl Mesh {
                     return;
                 }
                 table.push(Entry {
-                    info: PeerInfo {
-                        device_id: None,
-                        name: None,
-                        addrs: Vec::new(),
-                        state: PeerState::Disconnected,
-                        sources: Vec::new(),
-                        last_seen_ms: None,
-                        rtt_ms: None,
-                        last_sync_ms: None,
-                        lag: 0,
-                        last_error: None,
-                        acked: VersionVector::new(),
-                        received: 0,
-                        sent: 0,
-                        caught_up: false,
-                    },
+                    info: PeerInfo::unknown(),
                     device: None,
                     sources: BTreeSet::new(),
                     failures: 0,
