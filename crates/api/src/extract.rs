@@ -179,3 +179,19 @@ pub(crate) async fn blocking<T: Send + 'static>(
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("request task failed: {e}")))?
 }
+
+/// Like [`blocking`], for work that reads the store: at most `STORE_READS_MAX` run at once, so
+/// reads reuse the store's open read connections instead of opening one each. The permit is held
+/// by the work itself, so a request abandoned by its client still counts until its read ends.
+pub(crate) async fn store_read<T: Send + 'static>(
+    state: &ApiState,
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = state.shared.reads.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable)?;
+    blocking(move || {
+        let result = work();
+        drop(permit);
+        result
+    })
+    .await
+}

@@ -66,6 +66,11 @@ pub use security::{load_or_create_token, TOKEN_FILE};
 pub const CONNECTIONS_MAX: usize = 1024;
 /// Open event streams (WebSocket or SSE) at once; more are refused with 429.
 pub const EVENT_STREAMS_MAX: usize = 256;
+/// Store reads (get, list, schema, conflicts, counts) that requests run at once; more wait their
+/// turn without holding a thread. The store keeps 4 read connections and opens (and then closes)
+/// a fresh one for every read beyond them, which costs far more than the read itself: under 16
+/// concurrent GETs that churn took most of the node's CPU. 3 leaves one for the mesh's scans.
+const STORE_READS_MAX: usize = 3;
 
 /// What every request handler shares: the node, the settings and the API's own state.
 /// Cheap to clone.
@@ -86,6 +91,8 @@ struct Shared {
     api_addr: RwLock<SocketAddr>,
     metrics: metrics::Metrics,
     streams: Arc<Semaphore>,
+    /// Permits for store reads: see [`STORE_READS_MAX`].
+    reads: Arc<Semaphore>,
     shutdown: watch::Sender<bool>,
     /// Serializes read-modify-write of the settings, so two concurrent updates cannot lose one.
     config_update: tokio::sync::Mutex<()>,
@@ -108,6 +115,7 @@ impl ApiState {
                 api_addr: RwLock::new(api_addr),
                 metrics: metrics::Metrics::new(),
                 streams: Arc::new(Semaphore::new(EVENT_STREAMS_MAX)),
+                reads: Arc::new(Semaphore::new(STORE_READS_MAX)),
                 shutdown,
                 config_update: tokio::sync::Mutex::new(()),
             }),

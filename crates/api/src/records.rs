@@ -19,7 +19,9 @@ use crate::docs::{
     SchemaDocument,
 };
 use crate::error::from_store;
-use crate::extract::{blocking, clip, number_param, query_pairs, single, ApiPath, JsonBody, OptionalJsonBody};
+use crate::extract::{
+    blocking, clip, number_param, query_pairs, single, store_read, ApiPath, JsonBody, OptionalJsonBody,
+};
 use crate::{ApiError, ApiState};
 
 /// Most `where.FIELD=VALUE` filters in one list request.
@@ -79,7 +81,7 @@ pub(crate) async fn get_record(
     check_record(&collection, &id)?;
     let node = state.node().clone();
     let (c, i) = (collection.clone(), id.clone());
-    match blocking(move || Ok(node.get(&c, &i)?)).await? {
+    match store_read(&state, move || Ok(node.get(&c, &i)?)).await? {
         Some(record) => Ok(Json(record_json(&record))),
         None => Err(ApiError::NotFound(format!("record {collection}/{} not found", clip(&id)))),
     }
@@ -163,7 +165,7 @@ pub(crate) async fn list_records(
         filters.push((field.to_string(), value));
     }
     let node = state.node().clone();
-    let page = blocking(move || Ok(node.list(&collection, &ListQuery { filters, cursor, limit })?)).await?;
+    let page = store_read(&state, move || Ok(node.list(&collection, &ListQuery { filters, cursor, limit })?)).await?;
     let records: Vec<Value> = page.records.iter().map(record_json).collect();
     Ok(Json(json!({"records": records, "next": page.next})))
 }
@@ -266,7 +268,7 @@ pub(crate) async fn get_schema(
     check_collection(&collection)?;
     let node = state.node().clone();
     let c = collection.clone();
-    let declared = blocking(move || node.store().schema(&c).map_err(|e| from_store(e, &c, ""))).await?;
+    let declared = store_read(&state, move || node.store().schema(&c).map_err(|e| from_store(e, &c, ""))).await?;
     Ok(Json(match declared {
         Some(schema) => schema_json(&collection, &schema, true),
         None => schema_json(&collection, &Schema::default(), false),
@@ -283,7 +285,7 @@ pub(crate) async fn list_conflicts(State(state): State<ApiState>, uri: Uri) -> R
     let pairs = query_pairs(&uri, &["limit"], &[])?;
     let limit = number_param(&pairs, "limit", 1..=LIST_LIMIT_MAX as u64)?.unwrap_or(100) as usize;
     let node = state.node().clone();
-    let conflicts = blocking(move || Ok(node.conflicts(limit)?)).await?;
+    let conflicts = store_read(&state, move || Ok(node.conflicts(limit)?)).await?;
     let conflicts: Vec<Value> = conflicts.iter().map(conflict_json).collect();
     Ok(Json(json!({"conflicts": conflicts})))
 }

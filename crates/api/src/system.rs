@@ -11,7 +11,7 @@ use meshsync_node::config::Config;
 use serde_json::{json, Value};
 
 use crate::docs::{ConfigDocument, ConfigUpdated, Errors, OpenApiJson, Status};
-use crate::extract::{blocking, clip, JsonBody};
+use crate::extract::{blocking, clip, store_read, JsonBody};
 use crate::metrics::PeerCounts;
 use crate::{ApiError, ApiState};
 
@@ -87,7 +87,7 @@ struct Counts {
 /// store's version vector), and the group's id if `with_group`.
 async fn counts(state: &ApiState, with_group: bool) -> Result<Counts, ApiError> {
     let node = state.node().clone();
-    blocking(move || {
+    store_read(state, move || {
         let store = node.store();
         let count = |r: Result<u64, meshsync_store::StoreError>| r.map_err(|e| crate::error::from_store(e, "", ""));
         let (records, conflicts, cursor) =
