@@ -150,6 +150,19 @@ impl Pair {
     }
 }
 
+/// A sender holding `a` and an empty receiver, after both hellos have crossed.
+fn handshaken(a: &Store) -> (Session, Session) {
+    let mut sender = session(A, B, a, &config());
+    let mut receiver = session(B, A, &Store::default(), &config());
+    for frame in std::iter::from_fn(|| sender.poll_transmit()).collect::<Vec<_>>() {
+        receiver.handle_frame(0, &frame).unwrap();
+    }
+    for frame in std::iter::from_fn(|| receiver.poll_transmit()).collect::<Vec<_>>() {
+        sender.handle_frame(0, &frame).unwrap();
+    }
+    (sender, receiver)
+}
+
 fn config() -> SessionConfig {
     SessionConfig { batch_changes_max: 10, window: 2, ..SessionConfig::default() }
 }
@@ -189,15 +202,7 @@ fn two_sides_exchange_everything_and_nothing_is_echoed() {
 fn the_window_bounds_unacknowledged_batches() {
     let mut a = Store::default();
     a.write(A, 100);
-    let mut sender = session(A, B, &a, &config());
-    let mut receiver = session(B, A, &Store::default(), &config());
-    // Handshake both ways.
-    for frame in std::iter::from_fn(|| sender.poll_transmit()).collect::<Vec<_>>() {
-        receiver.handle_frame(0, &frame).unwrap();
-    }
-    for frame in std::iter::from_fn(|| receiver.poll_transmit()).collect::<Vec<_>>() {
-        sender.handle_frame(0, &frame).unwrap();
-    }
+    let (mut sender, _receiver) = handshaken(&a);
     // Without acks the sender stops after `window` batches.
     let mut batches = 0;
     while let Some(want) = sender.poll_want() {
@@ -301,14 +306,7 @@ fn heartbeats_measure_rtt_and_silence_closes_the_link() {
 fn out_of_order_batches_and_bogus_acks_close_the_link() {
     let mut a = Store::default();
     a.write(A, 30);
-    let mut sender = session(A, B, &a, &config());
-    let mut receiver = session(B, A, &Store::default(), &config());
-    for frame in std::iter::from_fn(|| sender.poll_transmit()).collect::<Vec<_>>() {
-        receiver.handle_frame(0, &frame).unwrap();
-    }
-    for frame in std::iter::from_fn(|| receiver.poll_transmit()).collect::<Vec<_>>() {
-        sender.handle_frame(0, &frame).unwrap();
-    }
+    let (mut sender, mut receiver) = handshaken(&a);
     while let Some(want) = sender.poll_want() {
         sender.send_page(a.page(&want));
     }
