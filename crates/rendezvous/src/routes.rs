@@ -301,10 +301,13 @@ fn check_version(v: Option<&Value>, required: bool) -> Result<(), ServiceError> 
         None if !required => Ok(()),
         None => Err(ServiceError::BadRequest(format!("the body needs \"v\": {PROTOCOL_VERSION}"))),
         Some(v) if v.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => Ok(()),
-        Some(v) => {
-            let v = v.as_u64().and_then(|v| u32::try_from(v).ok()).unwrap_or(u32::MAX);
-            Err(BookError::Invalid(RendezvousError::UnsupportedVersion(v)).into())
-        }
+        Some(v) => match v.as_u64() {
+            Some(v) => {
+                let v = u32::try_from(v).unwrap_or(u32::MAX);
+                Err(BookError::Invalid(RendezvousError::UnsupportedVersion(v)).into())
+            }
+            None => Err(ServiceError::BadRequest(format!("\"v\" must be the number {PROTOCOL_VERSION}"))),
+        },
     }
 }
 

@@ -218,7 +218,7 @@ pub async fn serve(
         registrations_per_room_max: limits.registrations_per_room_max,
         registrations_max: limits.registrations_max,
     });
-    let snapshot_path = match &options.data_dir {
+    let snapshot = match &options.data_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot create the data dir {}: {e}", dir.display()))
@@ -232,7 +232,7 @@ pub async fn serve(
                 refused = loaded.refused,
                 "loaded the snapshot"
             );
-            Some(path)
+            Some((path, loaded.expired + loaded.refused > 0))
         }
         None => None,
     };
@@ -244,7 +244,13 @@ pub async fn serve(
         options,
     });
     let (stop, stopped) = watch::channel(false);
-    let writer = snapshot_path.map(|path| tokio::spawn(write_snapshots(shared.clone(), path, stopped)));
+    let writer = snapshot.map(|(path, dropped)| {
+        if dropped {
+            // Rewrite the file without what was dropped, so it does not linger on disk.
+            shared.changed();
+        }
+        tokio::spawn(write_snapshots(shared.clone(), path, stopped))
+    });
 
     let per_ip_max =
         if shared.options.trust_forwarded_for { usize::MAX } else { shared.options.limits.connections_per_ip_max };
