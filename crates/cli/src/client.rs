@@ -133,7 +133,7 @@ fn print_record(record: &Value) {
 pub(crate) fn dispatch(command: Command) -> Result<()> {
     let quick = Some(Duration::from_secs(30));
     match command {
-        Command::Run(_) | Command::Demo { .. } => unreachable!("handled in main"),
+        Command::Run(_) | Command::Demo { .. } | Command::Rendezvous(_) => unreachable!("handled in main"),
         Command::Status { target } => {
             let c = Client::new(&target, quick)?;
             let s = c.call("GET", "/v1/status", None)?;

@@ -1,15 +1,17 @@
 //! The `meshsync` binary: `run` a node, talk to a running node (`status`, `put`, `get`, `list`,
-//! `incr`, `delete`, `watch`, `conflicts`, ...), and `demo`, three nodes syncing on loopback.
-//! `anyhow` lives here and nowhere else.
+//! `incr`, `delete`, `watch`, `conflicts`, ...), `demo`, three nodes syncing on loopback, and
+//! `rendezvous`, the phone book service. `anyhow` lives here and nowhere else.
 //!
 //! # Layout
 //! - `main.rs`: the command line (clap) and dispatch.
 //! - `run.rs`: the daemon: config, node, API server, signals, clean shutdown.
 //! - `client.rs`: client commands over the local HTTP API, human or `--json` output.
 //! - `demo.rs`: `meshsync demo`.
+//! - `rendezvous.rs`: `meshsync rendezvous`: the phone book service, signals, clean shutdown.
 
 mod client;
 mod demo;
+mod rendezvous;
 mod run;
 
 use std::path::PathBuf;
@@ -51,6 +53,8 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Run the rendezvous, the phone book where nodes on routed networks find each other.
+    Rendezvous(rendezvous::RendezvousArgs),
     /// Show this node's status.
     Status {
         #[command(flatten)]
@@ -224,6 +228,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Demo { keep } => demo::demo(keep),
+        Command::Rendezvous(args) => rendezvous::rendezvous(args),
         other => client::dispatch(other),
     };
     if let Err(error) = result {

@@ -96,7 +96,7 @@ fn effective_config(args: &RunArgs, data_dir: &std::path::Path) -> Result<(Confi
     Ok((config, path))
 }
 
-fn init_logging(filter: &str) -> Result<()> {
+pub(crate) fn init_logging(filter: &str) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).map_err(|e| anyhow!("--log {filter:?}: {e}"))?;
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).init();
     Ok(())
@@ -224,7 +224,8 @@ async fn report_sync(node: Node) {
     }
 }
 
-async fn shutdown_signal() -> &'static str {
+/// Waits for SIGINT or SIGTERM (Ctrl-C elsewhere) and names it.
+pub(crate) async fn shutdown_signal() -> &'static str {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
