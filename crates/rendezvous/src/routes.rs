@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::book::BookError;
+use crate::book::{BookError, Verified};
 use crate::rate::Limited;
 use crate::server::{Remote, Shared};
 use crate::{Registration, RendezvousError, BODY_BYTES_MAX, PROTOCOL_VERSION};
@@ -227,11 +227,12 @@ async fn register(
 ) -> Result<Json<RegisterResponse>, ServiceError> {
     check_version(body.get("v"), true)?;
     let registration: Registration = from_value(body)?;
+    let (room, device) = (registration.room.clone(), registration.device_id.clone());
+    let verified = Verified::new(registration).map_err(BookError::from)?;
     let now_ms = shared.options.clock.now_ms();
     let observed = ip.to_string();
-    let (room, device) = (registration.room.clone(), registration.device_id.clone());
     let expires_at_ms =
-        shared.book.lock().expect("lock poisoned").register(now_ms, registration, Some(observed.clone()))?;
+        shared.book.lock().expect("lock poisoned").register(now_ms, verified, Some(observed.clone()))?;
     shared.changed();
     tracing::debug!(room = %&room[..8], device, %observed, expires_at_ms, "registered");
     Ok(Json(RegisterResponse { v: PROTOCOL_VERSION, expires_at_ms, observed }))

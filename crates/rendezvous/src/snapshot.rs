@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::book::{Book, Entry};
+use crate::book::{Book, Entry, Verified};
 use crate::{Registration, PROTOCOL_VERSION};
 
 /// The snapshot's file name inside the data dir.
@@ -89,7 +89,15 @@ pub(crate) fn load(path: &Path, book: &mut Book, now_ms: u64, registrations_max:
             issued_at_ms: stored.issued_at_ms,
             signature: stored.signature,
         };
-        match book.restore(now_ms, registration, observed) {
+        let verified = match Verified::new(registration) {
+            Ok(verified) => verified,
+            Err(e) => {
+                loaded.refused += 1;
+                tracing::warn!(error = %e, "dropped an entry of the snapshot");
+                continue;
+            }
+        };
+        match book.restore(now_ms, verified, observed) {
             Ok(_) => loaded.kept += 1,
             Err(crate::book::BookError::Expired { .. }) => loaded.expired += 1,
             Err(e) => {
