@@ -9,6 +9,20 @@ step() { printf '\n=== %s ===\n' "$*"; }
 export CARGO_TERM_COLOR=never
 export PROPTEST_CASES_MULTIPLIER=${PROPTEST_CASES_MULTIPLIER:-1}
 
+step "tools the tests need"
+# The multi-host discovery tests (crates/cli/tests/netns.rs) build network namespaces with
+# iproute2 and drop multicast with nftables.
+missing=()
+command -v ip >/dev/null || missing+=(iproute2)
+command -v nft >/dev/null || missing+=(nftables)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}"
+  sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q "${missing[@]}" >/dev/null \
+    || { DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get update -q >/dev/null && \
+         DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q "${missing[@]}" >/dev/null; }
+fi
+
 step "build"
 cargo build --workspace --all-targets --locked 2>&1 | tail -n 3
 cargo build --release -p meshsync-cli -p meshsync-bench --locked 2>&1 | tail -n 3

@@ -62,7 +62,7 @@ fail() {
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base=http://127.0.0.1:$port
-"$bin" run --data-dir "$work/data" --api "127.0.0.1:$port" --no-mdns --listen 127.0.0.1:0 >"$work/node.log" 2>&1 &
+"$bin" run --data-dir "$work/data" --api "127.0.0.1:$port" --no-mdns --no-beacon --listen 127.0.0.1:0 >"$work/node.log" 2>&1 &
 node_pid=$!
 
 # Ready when the document is served (it needs no token) and the token file exists.

@@ -281,7 +281,7 @@ pub(crate) struct PeerDocument {
     /// `connected`, `connecting` or `disconnected`.
     state: String,
     /// Where the node learned of it: `static`, `invite`, `inbound` (it dialed us), `pex` (another
-    /// peer told us), `saved` (from an earlier run), and later `mdns`, `beacon`, `rendezvous`.
+    /// peer told us), `mdns`, `beacon`, `rendezvous`.
     sources: Vec<String>,
     /// Last frame received from it, RFC 3339.
     last_seen: Option<String>,
@@ -293,12 +293,33 @@ pub(crate) struct PeerDocument {
     lag: Option<u64>,
     /// Why the last dial or link failed.
     last_error: Option<String>,
+    /// The last dial: when, every address tried with its error (null: it answered), and the
+    /// address that answered.
+    last_dial: Option<DialDocument>,
     /// Changes received from it since this node started.
     received: u64,
     /// Changes it acknowledged from us since this node started.
     sent: u64,
     /// Whether the first catch-up from it on the current link completed.
     caught_up: bool,
+}
+
+/// One dial of a peer.
+#[derive(ToSchema)]
+pub(crate) struct DialDocument {
+    /// When it started, RFC 3339.
+    at: String,
+    tried: Vec<DialAttemptDocument>,
+    /// The address that answered, if any.
+    connected: Option<String>,
+}
+
+/// One address tried.
+#[derive(ToSchema)]
+pub(crate) struct DialAttemptDocument {
+    addr: String,
+    /// Why it failed; null if it answered or the dial ended first.
+    error: Option<String>,
 }
 
 /// Known peers.

@@ -44,7 +44,7 @@ fn static_peer_json(addr: &str) -> Value {
     json!({
         "device_id": null, "name": null, "addrs": [addr], "state": "disconnected", "sources": ["static"],
         "last_seen": null, "rtt_ms": null, "last_sync": null, "lag": null,
-        "last_error": null, "received": 0, "sent": 0, "caught_up": false,
+        "last_error": null, "last_dial": null, "received": 0, "sent": 0, "caught_up": false,
     })
 }
 
@@ -62,6 +62,11 @@ fn peer_json(peer: &PeerInfo) -> Value {
         // Without a device id nothing is known of what the peer has.
         "lag": peer.device_id.as_ref().map(|_| peer.lag),
         "last_error": peer.last_error,
+        "last_dial": peer.last_dial.as_ref().map(|d| json!({
+            "at": rfc3339_from_ms(d.at_ms),
+            "tried": d.tried.iter().map(|t| json!({"addr": t.addr, "error": t.error})).collect::<Vec<_>>(),
+            "connected": d.connected,
+        })),
         "received": peer.received,
         "sent": peer.sent,
         "caught_up": peer.caught_up,
@@ -356,6 +361,10 @@ pub(crate) struct InviteBody {
     /// How many devices may use it (default 1). Not enforced yet.
     #[serde(default)]
     uses: Option<u32>,
+    /// Whether the code carries this node's addresses (default true). Without them the code is
+    /// shorter and the new device finds the group by discovery (mDNS, beacon, rendezvous).
+    #[serde(default)]
+    addrs: Option<bool>,
 }
 
 /// Create an invite for a new device.
@@ -406,9 +415,10 @@ pub(crate) async fn create_invite(
         });
     };
     let ttl_s = body.ttl_s.unwrap_or(INVITE_TTL_S_DEFAULT);
+    let include_addrs = body.addrs.unwrap_or(true);
     // Reads the network interfaces and renders the QR code: off the async threads.
     let (code, expires_ms, qr_svg) = blocking(move || {
-        let (code, expires_ms) = mesh.invite(ttl_s);
+        let (code, expires_ms) = mesh.invite_with(ttl_s, include_addrs);
         let qr_svg = qr_svg(&code)?;
         Ok((code, expires_ms, qr_svg))
     })

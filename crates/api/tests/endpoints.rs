@@ -278,7 +278,7 @@ async fn peers_are_static_and_truthful() {
         peer,
         json!({"device_id": null, "name": null, "addrs": ["192.168.1.20:7710"], "state": "disconnected",
                "sources": ["static"], "last_seen": null, "rtt_ms": null, "last_sync": null, "lag": null,
-               "last_error": null, "received": 0, "sent": 0, "caught_up": false})
+               "last_error": null, "last_dial": null, "received": 0, "sent": 0, "caught_up": false})
     );
     let (status, _) = fx.call(Method::POST, "/v1/peers", Some(json!({"addr": "192.168.1.20:7710"}))).await;
     assert_eq!(status, StatusCode::OK, "adding a known peer again is harmless");

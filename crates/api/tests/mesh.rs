@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 const PATIENCE: Duration = Duration::from_secs(10);
 
 fn options() -> MeshOptions {
-    MeshOptions { listen: "127.0.0.1:0".parse().unwrap(), peers: vec![], heartbeat_interval_ms: 500 }
+    MeshOptions { heartbeat_interval_ms: 500, ..MeshOptions::default() }
 }
 
 /// Polls `$condition` (which may `.await`) every 50 ms until it holds; panics after [`PATIENCE`].

@@ -294,14 +294,26 @@ pub(crate) fn dispatch(command: Command) -> Result<()> {
                     let addrs: Vec<String> = peer["addrs"].as_array().into_iter().flatten().map(compact).collect();
                     let sources: Vec<String> = peer["sources"].as_array().into_iter().flatten().map(compact).collect();
                     println!(
-                        "{}  {}  {}  {}  via {}{}",
+                        "{}  {}  {}  {}  via {}",
                         peer["device_id"].as_str().unwrap_or("(unknown device)"),
                         peer["name"].as_str().unwrap_or("-"),
                         compact(&peer["state"]),
-                        addrs.join(","),
+                        if addrs.is_empty() { "(no address yet)".to_string() } else { addrs.join(",") },
                         sources.join(","),
-                        peer["last_error"].as_str().map(|e| format!("  last error: {e}")).unwrap_or_default(),
                     );
+                    if peer["state"] != "connected" {
+                        if let Some(error) = peer["last_error"].as_str() {
+                            println!("    last error: {error}");
+                        }
+                        for tried in peer["last_dial"]["tried"].as_array().into_iter().flatten() {
+                            println!(
+                                "    tried {} at {}: {}",
+                                compact(&tried["addr"]),
+                                compact(&peer["last_dial"]["at"]),
+                                tried["error"].as_str().unwrap_or("answered")
+                            );
+                        }
+                    }
                 }
             });
         }
@@ -322,12 +334,12 @@ pub(crate) fn dispatch(command: Command) -> Result<()> {
                 }
             });
         }
-        Command::Invite { role, scopes, ttl, uses, target } => {
+        Command::Invite { role, scopes, ttl, uses, no_addrs, target } => {
             let c = Client::new(&target, quick)?;
             let invite = c.call(
                 "POST",
                 "/v1/invites",
-                Some(json!({"role": role, "scopes": scopes, "ttl_s": ttl, "uses": uses})),
+                Some(json!({"role": role, "scopes": scopes, "ttl_s": ttl, "uses": uses, "addrs": !no_addrs})),
             )?;
             c.print(&invite, |i| {
                 println!("invite code (valid until {}):\n\n  {}\n", compact(&i["expires_at"]), compact(&i["code"]));

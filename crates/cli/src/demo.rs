@@ -42,7 +42,7 @@ async fn start(base: &std::path::Path, name: &'static str, join: Option<&str>) -
     if let Some(code) = join {
         node.join(code).map_err(|e| anyhow!("{e}"))?;
     }
-    node.start_mesh(MeshOptions { listen: "127.0.0.1:0".parse()?, peers: Vec::new(), heartbeat_interval_ms: 1000 })
+    node.start_mesh(MeshOptions { heartbeat_interval_ms: 1000, ..MeshOptions::default() })
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

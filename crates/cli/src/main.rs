@@ -187,6 +187,10 @@ enum Command {
         /// How many devices may use it.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// Leave this node's addresses out: a shorter code; the new device finds the group by
+        /// discovery (mDNS, beacon, rendezvous).
+        #[arg(long)]
+        no_addrs: bool,
         #[command(flatten)]
         target: Target,
     },

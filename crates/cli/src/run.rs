@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use meshsync_node::config::{check_peer_addr, default_data_dir, Config, DurabilitySetting, CONFIG_FILE};
+use meshsync_node::discovery::DiscoveryOptions;
 use meshsync_node::mesh::MeshOptions;
 use meshsync_node::{Node, NodeOptions};
 
@@ -34,6 +35,12 @@ pub struct RunArgs {
     /// Do not advertise or browse with mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Do not send or listen to the UDP broadcast beacon.
+    #[arg(long)]
+    no_beacon: bool,
+    /// UDP port of the broadcast beacon (default 7712).
+    #[arg(long)]
+    beacon_port: Option<u16>,
     /// A rendezvous (phone book) URL (repeatable).
     #[arg(long = "rendezvous")]
     rendezvous: Vec<String>,
@@ -77,6 +84,12 @@ fn effective_config(args: &RunArgs, data_dir: &std::path::Path) -> Result<(Confi
         if !config.peers.contains(peer) {
             config.peers.push(peer.clone());
         }
+    }
+    if args.no_beacon {
+        config.beacon = false;
+    }
+    if let Some(port) = args.beacon_port {
+        config.beacon_port = port;
     }
     if args.no_mdns {
         config.mdns = false;
@@ -133,13 +146,22 @@ async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf, join: Op
     .map_err(|e| anyhow!("{e}"))?;
     if let Some(code) = &join {
         let invite = node.join(code).map_err(|e| anyhow!("--join: {e}"))?;
-        println!("joining the group of {} at {}", invite.inviter, invite.addrs.join(", "));
+        if invite.addrs.is_empty() {
+            println!("joining the group of {} (finding it by mDNS, beacon or rendezvous)", invite.inviter);
+        } else {
+            println!("joining the group of {} at {}", invite.inviter, invite.addrs.join(", "));
+        }
     }
     let mesh = node
         .start_mesh(MeshOptions {
             listen: config.listen,
             peers: config.peers.clone(),
             heartbeat_interval_ms: config.heartbeat_interval_ms,
+            discovery: DiscoveryOptions {
+                mdns: config.mdns,
+                beacon_port: config.beacon.then_some(config.beacon_port),
+                rendezvous: config.rendezvous.clone(),
+            },
         })
         .await
         .map_err(|e| anyhow!("{e}"))?;

@@ -59,7 +59,15 @@ fn a_port_in_use_says_which_and_how_to_change_it() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let out = Command::new(BIN)
-        .args(["run", "--data-dir", dir.path().to_str().unwrap(), "--api", &format!("127.0.0.1:{port}"), "--no-mdns"])
+        .args([
+            "run",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--api",
+            &format!("127.0.0.1:{port}"),
+            "--no-mdns",
+            "--no-beacon",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

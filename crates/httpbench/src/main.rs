@@ -636,7 +636,7 @@ fn start_node(args: &Args) -> Result<StartedNode> {
         .arg(&data_dir)
         .arg("--api")
         .arg(format!("127.0.0.1:{}", args.port))
-        .args(["--listen", "127.0.0.1:0", "--no-mdns", "--log", "warn"])
+        .args(["--listen", "127.0.0.1:0", "--no-mdns", "--no-beacon", "--log", "warn"])
         .args(&args.node_arg)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -174,10 +174,11 @@ impl Endpoint {
             .map_err(|source| NetError::Unreachable { address: text.to_string(), source })?;
         configure(&tcp)?;
         let peer_addr = tcp.peer_addr()?;
+        let local_addr = tcp.local_addr().ok();
         let config = tls::client_config(&self.inner.identity, expected)?;
         let server_name = ServerName::IpAddress(peer_addr.ip().into());
         let stream = TlsConnector::from(Arc::new(config)).connect(server_name, tcp).await.map_err(from_tls_io)?;
-        let peer = Peer::of(&stream, peer_addr)?;
+        let peer = Peer::of(&stream, peer_addr, local_addr)?;
         // The verifier already enforced the pin; this restates it where the reader looks.
         debug_assert!(expected.is_none_or(|id| id == peer.device_id));
         let request = format!("ws://{peer_addr}{WEBSOCKET_PATH}");
@@ -196,8 +197,9 @@ impl Endpoint {
         let deadline = self.inner.config.handshake_timeout;
         let handshake = async {
             configure(&tcp)?;
+            let local_addr = tcp.local_addr().ok();
             let stream = self.inner.acceptor.accept(tcp).await.map_err(from_tls_io)?;
-            let peer = Peer::of(&stream, peer_addr)?;
+            let peer = Peer::of(&stream, peer_addr, local_addr)?;
             let ws = tokio_tungstenite::accept_hdr_async_with_config(
                 TlsStream::Server(stream),
                 check_path,
@@ -296,6 +298,9 @@ pub struct Peer {
     pub public_key: [u8; PUBLIC_KEY_BYTES],
     /// The peer's socket address.
     pub addr: SocketAddr,
+    /// Our end of the connection (the local address the link uses), so the owner can drop links
+    /// whose address went away when the machine is readdressed.
+    pub local_addr: Option<SocketAddr>,
     /// Keying material exported from this TLS session ([`CHANNEL_BINDING_LABEL`], no context):
     /// the same on both ends, different for every session, and unknown to anyone else. Signing it
     /// binds a proof (such as group membership) to this link, so a recorded proof cannot be
@@ -311,7 +316,7 @@ impl fmt::Debug for Peer {
 }
 
 impl Peer {
-    fn of<S>(stream: &S, addr: SocketAddr) -> Result<Peer, NetError>
+    fn of<S>(stream: &S, addr: SocketAddr, local_addr: Option<SocketAddr>) -> Result<Peer, NetError>
     where
         S: TlsSession,
     {
@@ -325,7 +330,7 @@ impl Peer {
         }
         let (public_key, device_id) = tls::peer_identity(state.peer_certificates())?;
         let channel_binding = stream.export(CHANNEL_BINDING_LABEL).map_err(NetError::Tls)?;
-        Ok(Peer { device_id, public_key, addr, channel_binding })
+        Ok(Peer { device_id, public_key, addr, local_addr, channel_binding })
     }
 }
 

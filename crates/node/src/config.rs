@@ -33,6 +33,8 @@ pub struct Config {
     pub peers: Vec<String>,
     /// Advertise and browse with mDNS.
     pub mdns: bool,
+    /// Send and listen to the UDP broadcast beacon (for networks that drop multicast).
+    pub beacon: bool,
     /// UDP port of the broadcast beacon.
     pub beacon_port: u16,
     /// Rendezvous (phone book) URLs.
@@ -81,6 +83,7 @@ impl Default for Config {
             api: DEFAULT_API.parse().expect("valid default"),
             peers: Vec::new(),
             mdns: true,
+            beacon: true,
             beacon_port: DEFAULT_BEACON_PORT,
             rendezvous: Vec::new(),
             durability: DurabilitySetting::Process,
@@ -150,8 +153,14 @@ impl Config {
             return bad("rendezvous: at most 16 URLs".into());
         }
         for url in &self.rendezvous {
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 512 {
-                return bad(format!("rendezvous: {url:?} is not an http:// or https:// URL"));
+            if url.starts_with("https://") {
+                return bad(format!(
+                    "rendezvous: {url:?}: the client speaks http:// only (registrations are signed and \
+                     lookups verified, so plain http shows addresses but cannot forge them; docs/rendezvous.md)"
+                ));
+            }
+            if !url.starts_with("http://") || url.len() > 512 {
+                return bad(format!("rendezvous: {url:?} is not an http:// URL"));
             }
         }
         if self.beacon_port == 0 {

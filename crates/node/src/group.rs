@@ -139,6 +139,25 @@ impl Group {
         mac.verify_slice(proof).is_ok()
     }
 
+    /// The group's tag in discovery announcements (mDNS TXT, beacons): 16 hex chars derived from
+    /// the secret, so devices of one group recognise each other while a listener on the network
+    /// learns neither the secret nor the group id.
+    pub fn discovery_tag(&self) -> String {
+        hex(&self.derive(b"meshsync-discovery-tag-v1")[..8])
+    }
+
+    /// Key material for the group's rendezvous room: only members can compute it, and the
+    /// service sees only a hash of it.
+    pub fn rendezvous_key(&self) -> [u8; 32] {
+        self.derive(b"meshsync-rendezvous-room-v1")
+    }
+
+    fn derive(&self, label: &[u8]) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(label);
+        mac.finalize().into_bytes().into()
+    }
+
     /// An invite code for this group from `inviter`, reachable at `addrs`.
     pub fn invite(&self, inviter: DeviceId, addrs: &[String], expires_ms: u64) -> String {
         let invite = Invite {

@@ -24,6 +24,7 @@
 //! - `json`: conversions between the app's JSON and the core's values, and the record document.
 
 pub mod config;
+pub mod discovery;
 pub mod group;
 mod identity;
 mod json;

@@ -7,13 +7,14 @@
 //! frames out. A duplicate link to the same device (both sides dialed at once) is resolved the
 //! same way on both ends: the link dialed by the smaller device id stays.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use futures_util::FutureExt;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use meshsync_core::{DeviceId, VersionVector};
 use meshsync_net::{Connection, Endpoint, FrameReceiver, FrameSender, Identity};
 use meshsync_store::{RemoteBatch, ScopeFilter};
@@ -33,6 +34,11 @@ pub const PEERS_MAX: usize = 1024;
 /// Hops an ephemeral message may travel.
 pub const MESSAGE_HOPS: u8 = 8;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Delay before the next address of a peer is tried while earlier attempts are still under way
+/// (as in "happy eyeballs"): a stale address costs this much, not a whole dial timeout.
+const DIAL_STAGGER: Duration = Duration::from_millis(250);
+/// Most addresses remembered per peer.
+const PEER_ADDRS_MAX: usize = 16;
 const BACKOFF_MS_MIN: u64 = 250;
 const BACKOFF_MS_MAX: u64 = 30_000;
 const SEEN_MESSAGES_MAX: usize = 4096;
@@ -41,7 +47,7 @@ const FRAMES_DRAINED_MAX: usize = 16;
 /// Most changes applied in one transaction when several batches are waiting.
 const REMOTE_APPLY_CHANGES_MAX: usize = meshsync_store::REMOTE_BATCH_CHANGES_MAX;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -54,6 +60,21 @@ pub struct MeshOptions {
     pub peers: Vec<String>,
     /// Heartbeat interval; a peer silent for four intervals is dropped.
     pub heartbeat_interval_ms: u64,
+    /// How to find peers besides static addresses and peer exchange.
+    pub discovery: crate::discovery::DiscoveryOptions,
+}
+
+impl Default for MeshOptions {
+    /// Loopback on a free port, no static peers, no discovery: what an embedding app or a test
+    /// starts from.
+    fn default() -> MeshOptions {
+        MeshOptions {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peers: Vec::new(),
+            heartbeat_interval_ms: 2_000,
+            discovery: crate::discovery::DiscoveryOptions::default(),
+        }
+    }
 }
 
 /// A peer's connection state.
@@ -91,6 +112,9 @@ pub struct PeerInfo {
     pub lag: u64,
     /// Why the last dial or link failed.
     pub last_error: Option<String>,
+    /// The last dial: when, each address tried and what happened.
+    #[serde(default)]
+    pub last_dial: Option<DialReport>,
     /// What it has acknowledged.
     pub acked: VersionVector,
     /// Changes received from it since start.
@@ -115,6 +139,7 @@ impl PeerInfo {
             last_sync_ms: None,
             lag: 0,
             last_error: None,
+            last_dial: None,
             acked: VersionVector::new(),
             received: 0,
             sent: 0,
@@ -123,13 +148,87 @@ impl PeerInfo {
     }
 }
 
+/// One dial of a peer: the addresses tried, in order, and their outcomes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialReport {
+    /// When the dial started, ms since the epoch.
+    pub at_ms: u64,
+    /// Every address tried.
+    pub tried: Vec<DialAttempt>,
+    /// The address that answered, if one did.
+    pub connected: Option<String>,
+}
+
+/// One address tried during a dial.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialAttempt {
+    /// The address.
+    pub addr: String,
+    /// Why it failed; `None` if it answered (or the dial ended before it did).
+    pub error: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 struct Entry {
     info: PeerInfo,
     device: Option<DeviceId>,
     sources: BTreeSet<String>,
+    /// Which sources reported each address, so a source can withdraw what it reported.
+    addr_sources: BTreeMap<String, BTreeSet<String>>,
     failures: u32,
     next_dial_ms: u64,
+}
+
+impl Entry {
+    fn new() -> Entry {
+        Entry {
+            info: PeerInfo::unknown(),
+            device: None,
+            sources: BTreeSet::new(),
+            addr_sources: BTreeMap::new(),
+            failures: 0,
+            next_dial_ms: 0,
+        }
+    }
+
+    /// Records `addr` from `source`; a new address goes first when `fresh` (a discovery source
+    /// reporting where the peer is now), last otherwise.
+    fn add_addr(&mut self, addr: &str, source: &str, fresh: bool) {
+        if !self.info.addrs.iter().any(|a| a == addr) {
+            if self.info.addrs.len() >= PEER_ADDRS_MAX {
+                // Forget the address that has gone longest without a report.
+                let Some(old) = self.info.addrs.pop() else { return };
+                self.addr_sources.remove(&old);
+            }
+            if fresh {
+                self.info.addrs.insert(0, addr.to_string());
+            } else {
+                self.info.addrs.push(addr.to_string());
+            }
+        } else if fresh {
+            let i = self.info.addrs.iter().position(|a| a == addr).expect("present");
+            let moved = self.info.addrs.remove(i);
+            self.info.addrs.insert(0, moved);
+        }
+        self.addr_sources.entry(addr.to_string()).or_default().insert(source.to_string());
+    }
+
+    /// Withdraws what `source` reported, except the addresses in `keep`; an address no source
+    /// vouches for any more is dropped. Returns the dropped addresses.
+    fn withdraw(&mut self, source: &str, keep: &[String]) -> Vec<String> {
+        let mut dropped = Vec::new();
+        self.addr_sources.retain(|addr, sources| {
+            if !keep.contains(addr) {
+                sources.remove(source);
+            }
+            if sources.is_empty() {
+                dropped.push(addr.clone());
+            }
+            !sources.is_empty()
+        });
+        self.info.addrs.retain(|a| !dropped.contains(a));
+        dropped
+    }
 }
 
 /// Events the mesh publishes on the node's bus.
@@ -173,6 +272,9 @@ enum Command {
 struct LinkHandle {
     id: u64,
     dialer: DeviceId,
+    /// The peer's end and ours.
+    remote: SocketAddr,
+    local: Option<SocketAddr>,
     commands: mpsc::UnboundedSender<Command>,
     notify: Arc<Notify>,
 }
@@ -275,6 +377,7 @@ impl Mesh {
         });
         tokio::spawn(mesh.clone().dialer());
         tokio::spawn(mesh.clone().notifier());
+        crate::discovery::start(&mesh, &options.discovery, mesh.inner.shutdown.subscribe());
         tracing::info!(listen = %listen_addr, group = %mesh.inner.group.id_text(), "mesh started");
         Ok(mesh)
     }
@@ -286,6 +389,16 @@ impl Mesh {
     /// This device.
     pub fn device_id(&self) -> DeviceId {
         self.inner.me
+    }
+
+    /// This device's identity (its key signs rendezvous registrations).
+    pub fn identity(&self) -> &Identity {
+        self.inner.endpoint.identity()
+    }
+
+    /// Whether a session with `device` is open.
+    pub fn is_connected(&self, device: DeviceId) -> bool {
+        self.inner.links.lock().expect("lock").contains_key(&device)
     }
 
     /// The group.
@@ -317,8 +430,16 @@ impl Mesh {
 
     /// An invite code for this group, valid `ttl_s` seconds.
     pub fn invite(&self, ttl_s: u64) -> (String, u64) {
+        self.invite_with(ttl_s, true)
+    }
+
+    /// An invite code, valid `ttl_s` seconds, carrying this node's addresses or not. A code
+    /// without addresses is shorter; the new device then finds the group's members by discovery
+    /// (mDNS, beacon, rendezvous) alone.
+    pub fn invite_with(&self, ttl_s: u64, include_addrs: bool) -> (String, u64) {
         let expires_ms = now_ms() + ttl_s * 1000;
-        (self.inner.group.invite(self.inner.me, &self.advertised_addrs(), expires_ms), expires_ms)
+        let addrs = if include_addrs { self.advertised_addrs() } else { Vec::new() };
+        (self.inner.group.invite(self.inner.me, &addrs, expires_ms), expires_ms)
     }
 
     /// Whether sync traffic is paused.
@@ -492,46 +613,101 @@ impl Mesh {
     }
 
     /// Adds addresses (and maybe a device id) to the peer table under `source`.
-    fn learn(&self, device: Option<DeviceId>, addrs: &[String], source: &str, wake: bool) {
+    pub(crate) fn learn(&self, device: Option<DeviceId>, addrs: &[String], source: &str, wake: bool) {
         if device == Some(self.inner.me) {
             return;
         }
         let mut table = self.inner.table.lock().expect("lock");
+        let Some(entry) = Self::entry_for(&mut table, device, addrs) else { return };
+        if let Some(device) = device {
+            entry.device = Some(device);
+            entry.info.device_id = Some(device.to_string());
+        }
+        for addr in addrs {
+            entry.add_addr(addr, source, false);
+        }
+        entry.sources.insert(source.to_string());
+        drop(table);
+        if wake {
+            self.inner.wake_dialer.notify_one();
+        }
+    }
+
+    /// What a discovery source (mdns, beacon, rendezvous) says about where `device` is now: its
+    /// addresses go first, and what the source reported before and no longer does is withdrawn.
+    /// A live link over an address the peer stopped announcing is closed (the peer moved), so both
+    /// sides redial at the new address instead of waiting for heartbeats to time out.
+    pub(crate) fn learn_discovered(&self, device: DeviceId, addrs: &[String], source: &str) {
+        if device == self.inner.me {
+            return;
+        }
+        let mut table = self.inner.table.lock().expect("lock");
+        let Some(entry) = Self::entry_for(&mut table, Some(device), addrs) else { return };
+        entry.device = Some(device);
+        entry.info.device_id = Some(device.to_string());
+        let known_before = entry.sources.contains(source);
+        let dropped = entry.withdraw(source, addrs);
+        for addr in addrs.iter().rev() {
+            entry.add_addr(addr, source, true);
+        }
+        let is_new = !known_before || !dropped.is_empty();
+        entry.sources.insert(source.to_string());
+        if is_new && entry.info.state == PeerState::Disconnected {
+            // New news of the peer: dial now rather than at the end of a long backoff.
+            entry.failures = 0;
+            entry.next_dial_ms = 0;
+        }
+        drop(table);
+        let gone: Vec<IpAddr> = dropped.iter().filter_map(|a| a.parse::<SocketAddr>().ok()).map(|a| a.ip()).collect();
+        if !gone.is_empty() {
+            if let Some(link) = self.inner.links.lock().expect("lock").get(&device) {
+                if gone.contains(&link.remote.ip()) && !link.remote.ip().is_loopback() {
+                    let _ = link
+                        .commands
+                        .send(Command::Close(format!("the peer no longer announces {} ({source})", link.remote.ip())));
+                }
+            }
+        }
+        self.inner.wake_dialer.notify_one();
+    }
+
+    /// A discovery source says `device` has gone (an mDNS goodbye): withdraw what it reported.
+    pub(crate) fn forget_discovered(&self, device: DeviceId, source: &str) {
+        let mut table = self.inner.table.lock().expect("lock");
+        if let Some(entry) = table.iter_mut().find(|e| e.device == Some(device)) {
+            entry.withdraw(source, &[]);
+            entry.sources.remove(source);
+        }
+    }
+
+    /// Closes every link whose local address is no longer one of this machine's: the machine was
+    /// readdressed and such a link can only time out.
+    pub(crate) fn close_links_on_lost_addrs(&self, local: &HashSet<IpAddr>) {
+        for link in self.inner.links.lock().expect("lock").values() {
+            if let Some(ours) = link.local {
+                if !ours.ip().is_loopback() && !ours.ip().is_unspecified() && !local.contains(&ours.ip()) {
+                    let _ = link.commands.send(Command::Close(format!("this machine no longer has {}", ours.ip())));
+                }
+            }
+        }
+        self.inner.wake_dialer.notify_one();
+    }
+
+    /// The table entry for `device` (or, without one, for any of `addrs`), created if new.
+    fn entry_for<'t>(table: &'t mut Vec<Entry>, device: Option<DeviceId>, addrs: &[String]) -> Option<&'t mut Entry> {
         let position = table.iter().position(|e| device.is_some() && e.device == device).or_else(|| {
             table.iter().position(|e| {
                 e.info.addrs.iter().any(|a| addrs.contains(a))
                     && (e.device.is_none() || device.is_none() || e.device == device)
             })
         });
-        let entry = match position {
-            Some(i) => &mut table[i],
+        match position {
+            Some(i) => Some(&mut table[i]),
+            None if table.len() >= PEERS_MAX => None,
             None => {
-                if table.len() >= PEERS_MAX {
-                    return;
-                }
-                table.push(Entry {
-                    info: PeerInfo::unknown(),
-                    device: None,
-                    sources: BTreeSet::new(),
-                    failures: 0,
-                    next_dial_ms: 0,
-                });
-                table.last_mut().expect("just pushed")
+                table.push(Entry::new());
+                table.last_mut()
             }
-        };
-        if let Some(device) = device {
-            entry.device = Some(device);
-            entry.info.device_id = Some(device.to_string());
-        }
-        for addr in addrs {
-            if !entry.info.addrs.contains(addr) && entry.info.addrs.len() < 16 {
-                entry.info.addrs.push(addr.clone());
-            }
-        }
-        entry.sources.insert(source.to_string());
-        drop(table);
-        if wake {
-            self.inner.wake_dialer.notify_one();
         }
     }
 
@@ -575,62 +751,129 @@ impl Mesh {
     }
 
     async fn dial(self, device: Option<DeviceId>, addrs: Vec<String>) {
-        let mut errors = Vec::new();
-        for addr in &addrs {
-            match self.inner.endpoint.dial(addr.as_str(), device, DIAL_TIMEOUT).await {
-                Ok(conn) => {
-                    let found = conn.peer_device_id();
-                    if device.is_none() {
-                        // A static address now has a device behind it: merge what we know.
-                        let mut table = self.inner.table.lock().expect("lock");
-                        if let Some(i) = table.iter().position(|e| e.device.is_none() && e.info.addrs.contains(addr)) {
-                            let sources = table[i].sources.clone();
-                            let extra_addrs = table[i].info.addrs.clone();
-                            if let Some(j) = table.iter().position(|e| e.device == Some(found)) {
-                                table[j].sources.extend(sources);
-                                for a in extra_addrs {
-                                    if !table[j].info.addrs.contains(&a) {
-                                        table[j].info.addrs.push(a);
-                                    }
-                                }
-                                table[j].info.state = PeerState::Connecting;
-                                table.remove(i);
-                            } else {
-                                table[i].device = Some(found);
-                                table[i].info.device_id = Some(found.to_string());
-                            }
-                        }
+        let started_ms = now_ms();
+        let (result, tried) = self.dial_any(device, &addrs).await;
+        let report = DialReport {
+            at_ms: started_ms,
+            connected: result.as_ref().ok().map(|(_, addr)| addr.clone()),
+            tried: tried.into_iter().map(|(addr, error)| DialAttempt { addr, error }).collect(),
+        };
+        match result {
+            Ok((conn, addr)) => {
+                let found = conn.peer_device_id();
+                self.note_connected_dial(device, found, &addr, report);
+                self.run_link(conn, true).await;
+            }
+            Err(reason) => {
+                tracing::debug!(peer = ?device, %reason, "dial failed");
+                let mut table = self.inner.table.lock().expect("lock");
+                if let Some(entry) = table
+                    .iter_mut()
+                    .find(|e| (device.is_some() && e.device == device) || (device.is_none() && e.info.addrs == addrs))
+                {
+                    if entry.info.state == PeerState::Connecting {
+                        entry.info.state = PeerState::Disconnected;
                     }
-                    self.run_link(conn, true).await;
-                    return;
+                    entry.info.last_error = Some(reason);
+                    entry.info.last_dial = Some(report);
+                    entry.failures = (entry.failures + 1).min(20);
+                    entry.next_dial_ms = now_ms() + backoff_ms(entry.failures);
                 }
-                Err(e) => errors.push(format!("{addr}: {e}")),
             }
-        }
-        let reason = errors.join("; ");
-        tracing::debug!(peer = ?device, %reason, "dial failed");
-        let mut table = self.inner.table.lock().expect("lock");
-        if let Some(entry) = table
-            .iter_mut()
-            .find(|e| (device.is_some() && e.device == device) || (device.is_none() && e.info.addrs == addrs))
-        {
-            if entry.info.state == PeerState::Connecting {
-                entry.info.state = PeerState::Disconnected;
-            }
-            entry.info.last_error = Some(reason);
-            entry.failures = (entry.failures + 1).min(20);
-            entry.next_dial_ms = now_ms() + backoff_ms(entry.failures);
         }
     }
 
-    /// Registers a link unless a better one to the same device exists.
-    fn register(
+    /// After a successful dial: gives a static entry its device (merging it into the device's
+    /// entry if there is one) and records the dial report.
+    fn note_connected_dial(&self, device: Option<DeviceId>, found: DeviceId, addr: &str, report: DialReport) {
+        let addr = addr.to_string();
+        let mut table = self.inner.table.lock().expect("lock");
+        if device.is_none() {
+            // A static address now has a device behind it: merge what we know.
+            if let Some(i) = table.iter().position(|e| e.device.is_none() && e.info.addrs.contains(&addr)) {
+                if let Some(j) = table.iter().position(|e| e.device == Some(found)) {
+                    let merged = table.remove(i);
+                    let j = if j > i { j - 1 } else { j };
+                    let target = &mut table[j];
+                    target.sources.extend(merged.sources);
+                    for (a, sources) in merged.addr_sources {
+                        for source in sources {
+                            target.add_addr(&a, &source, false);
+                        }
+                    }
+                    target.info.state = PeerState::Connecting;
+                } else {
+                    table[i].device = Some(found);
+                    table[i].info.device_id = Some(found.to_string());
+                }
+            }
+        }
+        if let Some(entry) = table.iter_mut().find(|e| e.device == Some(found)) {
+            entry.info.last_dial = Some(report);
+        }
+    }
+
+    /// Dials the addresses of one peer, starting the next one every [`DIAL_STAGGER`] while
+    /// earlier ones are still trying (or at once when one fails); the first to complete the TLS
+    /// handshake wins and the others are dropped. Addresses discovered while the dial is under
+    /// way join it, first (a readdressed peer is reached at its new address without waiting for
+    /// the old one to time out). Returns the connection and its address, or every failure, plus
+    /// each address tried with its outcome.
+    #[allow(clippy::type_complexity)]
+    async fn dial_any(
         &self,
-        device: DeviceId,
-        outbound: bool,
-        notify: Arc<Notify>,
-        commands: mpsc::UnboundedSender<Command>,
-    ) -> Option<u64> {
+        device: Option<DeviceId>,
+        addrs: &[String],
+    ) -> (Result<(Connection, String), String>, Vec<(String, Option<String>)>) {
+        let mut tried: Vec<(String, Option<String>)> = Vec::new();
+        let mut queue: VecDeque<String> = addrs.iter().cloned().collect();
+        let mut attempts = FuturesUnordered::new();
+        loop {
+            if let Some(device) = device {
+                let current = self.addrs_of(device);
+                for addr in current.into_iter().rev() {
+                    if !tried.iter().any(|(a, _)| *a == addr) && !queue.contains(&addr) {
+                        queue.push_front(addr);
+                    }
+                }
+            }
+            if let Some(addr) = queue.pop_front() {
+                let endpoint = self.inner.endpoint.clone();
+                tried.push((addr.clone(), None));
+                attempts.push(async move {
+                    let result = endpoint.dial(addr.as_str(), device, DIAL_TIMEOUT).await;
+                    (addr, result)
+                });
+            }
+            if attempts.is_empty() {
+                let errors: Vec<String> =
+                    tried.iter().map(|(a, e)| format!("{a}: {}", e.as_deref().unwrap_or("no answer"))).collect();
+                let reason = if errors.is_empty() { "no address to dial".to_string() } else { errors.join("; ") };
+                return (Err(reason), tried);
+            }
+            tokio::select! {
+                Some((addr, result)) = attempts.next() => match result {
+                    Ok(conn) => return (Ok((conn, addr)), tried),
+                    Err(e) => {
+                        if let Some(slot) = tried.iter_mut().find(|(a, _)| *a == addr) {
+                            slot.1 = Some(e.to_string());
+                        }
+                    }
+                },
+                _ = tokio::time::sleep(DIAL_STAGGER) => {}
+            }
+        }
+    }
+
+    /// The addresses the peer table has for `device`, freshest first.
+    fn addrs_of(&self, device: DeviceId) -> Vec<String> {
+        let table = self.inner.table.lock().expect("lock");
+        table.iter().find(|e| e.device == Some(device)).map(|e| e.info.addrs.clone()).unwrap_or_default()
+    }
+
+    /// Registers a link unless a better one to the same device exists.
+    fn register(&self, device: DeviceId, link: &Link, commands: mpsc::UnboundedSender<Command>) -> Option<u64> {
+        let (outbound, notify, remote, local) = (link.outbound, link.notify.clone(), link.remote, link.local);
         let dialer = if outbound { self.inner.me } else { device };
         let mut links = self.inner.links.lock().expect("lock");
         if let Some(existing) = links.get(&device) {
@@ -643,7 +886,7 @@ impl Mesh {
             return None;
         }
         let id = self.inner.next_link_id.fetch_add(1, Ordering::SeqCst);
-        links.insert(device, LinkHandle { id, dialer, commands, notify });
+        links.insert(device, LinkHandle { id, dialer, remote, local, commands, notify });
         Some(id)
     }
 
@@ -676,7 +919,14 @@ impl Mesh {
             let _ = conn.close().await;
             return;
         }
-        let mut link = Link { outbound, id: None, notify: Arc::new(Notify::new()), commands: None };
+        let mut link = Link {
+            outbound,
+            remote: peer.addr,
+            local: peer.local_addr,
+            id: None,
+            notify: Arc::new(Notify::new()),
+            commands: None,
+        };
         let (commands_tx, mut commands) = mpsc::unbounded_channel();
         link.commands = Some(commands_tx);
         let reason = match self.drive(conn, device, &addr, &mut link, &mut commands).await {
@@ -848,10 +1098,8 @@ impl Mesh {
                         // Only an admitted peer takes a link slot, so a probe or a stranger can
                         // never displace a working link.
                         let commands = link.commands.take().ok_or("link registered twice")?;
-                        link.id = Some(
-                            self.register(device, link.outbound, link.notify.clone(), commands)
-                                .ok_or("a link to this peer already exists")?,
-                        );
+                        link.id =
+                            Some(self.register(device, link, commands).ok_or("a link to this peer already exists")?);
                         let mut addrs = Vec::new();
                         if let (Some(port), Ok(socket)) = (info.listen_port, addr.parse::<SocketAddr>()) {
                             addrs.push(SocketAddr::new(socket.ip(), port).to_string());
@@ -979,6 +1227,8 @@ impl Mesh {
 /// One link's registration: filled in when its session is established.
 struct Link {
     outbound: bool,
+    remote: SocketAddr,
+    local: Option<SocketAddr>,
     id: Option<u64>,
     notify: Arc<Notify>,
     commands: Option<mpsc::UnboundedSender<Command>>,

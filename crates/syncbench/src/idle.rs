@@ -43,11 +43,21 @@ fn any_connected(value: &Value) -> bool {
 }
 
 fn run_args(dir: &std::path::Path, name: &str) -> Vec<String> {
-    ["run", "--data-dir", &dir.display().to_string(), "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0", "--no-mdns"]
-        .into_iter()
-        .map(String::from)
-        .chain(["--name".to_string(), name.to_string(), "--log".to_string(), "warn".to_string()])
-        .collect()
+    [
+        "run",
+        "--data-dir",
+        &dir.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--no-mdns",
+        "--no-beacon",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(["--name".to_string(), name.to_string(), "--log".to_string(), "warn".to_string()])
+    .collect()
 }
 
 pub fn idle(meshsync: &str, secs: u64) -> Result<Value, Error> {

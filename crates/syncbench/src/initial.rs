@@ -23,7 +23,7 @@ use crate::{arg, procfs, runtime, Error};
 pub const LOAD_BATCH: u64 = 1_000;
 
 pub fn mesh_options(listen: &str, peers: Vec<String>) -> MeshOptions {
-    MeshOptions { listen: listen.parse().expect("address"), peers, heartbeat_interval_ms: 2_000 }
+    MeshOptions { listen: listen.parse().expect("address"), peers, ..MeshOptions::default() }
 }
 
 /// Loads records `range` into `node` in batches of [`LOAD_BATCH`].

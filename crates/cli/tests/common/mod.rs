@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,6 +18,8 @@ pub struct Running {
     pub listen: String,
     pub device: String,
     pub dir: PathBuf,
+    /// The network namespace it runs in, if not ours.
+    pub ns: Option<String>,
 }
 
 impl Drop for Running {
@@ -27,20 +31,29 @@ impl Drop for Running {
 
 /// Starts `meshsync run` on free loopback ports and waits until it prints its addresses.
 pub fn start(dir: &Path, extra: &[&str]) -> Running {
-    let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--data-dir",
-            dir.to_str().unwrap(),
-            "--api",
-            "127.0.0.1:0",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-mdns",
-            "--log",
-            "warn",
-        ])
-        .args(extra)
+    let mut args = vec!["--listen", "127.0.0.1:0", "--no-mdns", "--no-beacon", "--log", "warn"];
+    args.extend_from_slice(extra);
+    start_in(None, dir, &args)
+}
+
+/// A command for the `meshsync` binary, run in network namespace `ns` if given.
+pub fn command(ns: Option<&str>) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns, BIN]);
+            command
+        }
+        None => Command::new(BIN),
+    }
+}
+
+/// Starts `meshsync run` (in network namespace `ns` if given) with its API on a free loopback
+/// port and `args`, and waits until it prints its addresses.
+pub fn start_in(ns: Option<&str>, dir: &Path, args: &[&str]) -> Running {
+    let mut child = command(ns)
+        .args(["run", "--data-dir", dir.to_str().unwrap(), "--api", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -74,12 +87,13 @@ pub fn start(dir: &Path, extra: &[&str]) -> Running {
         listen: listen.unwrap_or_default(),
         device: device.unwrap_or_default(),
         dir: dir.to_path_buf(),
+        ns: ns.map(str::to_string),
     }
 }
 
 /// Runs a client command against a running node: (success, stdout, stderr).
 pub fn client(running: &Running, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
+    let out = command(running.ns.as_deref())
         .args(args)
         .env("MESHSYNC_API", &running.api)
         .env("MESHSYNC_DATA_DIR", &running.dir)
