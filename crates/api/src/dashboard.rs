@@ -82,8 +82,7 @@ fn serve(index: usize, request_headers: &HeaderMap) -> Response {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|tag| tag.trim().trim_start_matches("W/") == etag || tag.trim() == "*");
-    let mut response =
-        if fresh { StatusCode::NOT_MODIFIED.into_response() } else { asset.body.into_response() };
+    let mut response = if fresh { StatusCode::NOT_MODIFIED.into_response() } else { asset.body.into_response() };
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHE_CONTROL));
@@ -126,6 +125,23 @@ pub(crate) async fn dashboard_asset(ApiPath(file): ApiPath<String>, headers: Hea
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Names and values from peers reach the page as text only: no script of the dashboard may
+    /// use a markup sink, and the page has no inline handlers (the CSP would block them anyway).
+    #[test]
+    fn no_markup_sinks_and_no_inline_code() {
+        for asset in &ASSETS {
+            let text = std::str::from_utf8(asset.body).expect("assets are UTF-8");
+            for sink in [".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"] {
+                assert!(!text.contains(sink), "{} uses {sink}", asset.name);
+            }
+        }
+        let page = std::str::from_utf8(ASSETS[0].body).unwrap();
+        assert_eq!(ASSETS[0].name, PAGE);
+        for inline in [" onclick=", " onload=", " onerror=", " style=", "<script>", "javascript:"] {
+            assert!(!page.contains(inline), "the page has {inline}");
+        }
+    }
 
     #[test]
     fn every_module_the_page_imports_is_embedded() {

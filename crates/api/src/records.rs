@@ -104,7 +104,8 @@ pub(crate) async fn record_versions(
     check_record(&collection, &id)?;
     let node = state.node().clone();
     let (c, i) = (collection.clone(), id.clone());
-    let found = store_read(&state, move || node.store().record_state(&c, &i).map_err(|e| from_store(e, &c, &i))).await?;
+    let found =
+        store_read(&state, move || node.store().record_state(&c, &i).map_err(|e| from_store(e, &c, &i))).await?;
     let Some((record, cursor)) = found else {
         return Err(ApiError::NotFound(format!("record {collection}/{} not found", clip(&id))));
     };
@@ -113,9 +114,7 @@ pub(crate) async fn record_versions(
 
 /// The document of `GET /v1/c/{collection}/{id}/versions`.
 fn versions_json(collection: &str, id: &str, record: &meshsync_core::RecordState, cursor: u64) -> Value {
-    let writer = |hlc: meshsync_core::Hlc, dot: meshsync_core::Dot| {
-        json!({"device": dot.origin.to_string(), "at": hlc.to_rfc3339(), "seq": dot.seq})
-    };
+    let writer = |hlc: meshsync_core::Hlc, dot: meshsync_core::Dot| json!({"device": dot.origin.to_string(), "at": hlc.to_rfc3339(), "seq": dot.seq});
     let fields: Vec<Value> = record
         .fields()
         .keys()
