@@ -76,18 +76,32 @@ async function copy(text) {
   }
 }
 
-/** A button that asks "Sure?" in place before running `action` (no native dialog). */
-export function confirmButton(label, question, action, { danger = true } = {}) {
+/** Confirmations waiting for Yes or No, by key, so a re-render of the table keeps them open. */
+const confirming = new Set();
+
+/**
+ * A button that asks "Sure?" in place before running `action` (no native dialog). `key` names
+ * what it acts on; while the question is open, rebuilding the button with the same key shows
+ * the question again instead of the button.
+ */
+export function confirmButton(label, question, action, { key = null, danger = true } = {}) {
   const wrap = h('span', { class: 'confirm' });
   const ask = h('button', { type: 'button', class: danger ? 'small danger' : 'small', text: label });
-  ask.addEventListener('click', () => {
+  const showQuestion = () => {
+    if (key !== null) confirming.add(key);
     const yes = h('button', { type: 'button', class: 'small danger', text: 'Yes' });
     const no = h('button', { type: 'button', class: 'small', text: 'No' });
-    yes.addEventListener('click', () => { fill(wrap, h('span', { class: 'muted', text: '…' })); action(); });
-    no.addEventListener('click', () => fill(wrap, ask));
+    yes.addEventListener('click', () => {
+      confirming.delete(key);
+      fill(wrap, h('span', { class: 'muted', text: '…' }));
+      action();
+    });
+    no.addEventListener('click', () => { confirming.delete(key); fill(wrap, ask); });
     fill(wrap, h('span', { class: 'question', text: question }), ' ', yes, ' ', no);
-  });
-  wrap.append(ask);
+  };
+  ask.addEventListener('click', showQuestion);
+  if (key !== null && confirming.has(key)) showQuestion();
+  else wrap.append(ask);
   return wrap;
 }
 

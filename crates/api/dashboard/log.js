@@ -19,9 +19,20 @@ function matches(line) {
   return !needle || line.dataset.text.includes(needle);
 }
 
+/** Lines to add at the next frame: a burst of events (a catch-up) costs one layout, not one each. */
+let queued = [];
+
 function append(line) {
-  line.hidden = !matches(line);
-  box.append(line);
+  queued.push(line);
+  if (queued.length > LINES_MAX) queued.shift();
+  if (queued.length === 1) requestAnimationFrame(flush);
+}
+
+function flush() {
+  const lines = queued;
+  queued = [];
+  for (const line of lines) line.hidden = !matches(line);
+  box.append(...lines);
   while (box.childElementCount > LINES_MAX) box.firstElementChild.remove();
   counter.textContent = `${box.childElementCount} lines${held.length ? `, ${held.length} waiting` : ''}`;
   if (!paused && !box.closest('[hidden]')) box.scrollTop = box.scrollHeight;

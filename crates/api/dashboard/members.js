@@ -95,7 +95,7 @@ export default {
               ctx.log('action', `revoked ${m.device_id}`);
             } catch (error) { ctx.fail(error); }
             await ctx.refresh('members');
-          })),
+          }, { key: `revoke ${m.device_id}` })),
       },
     ], ctx.state.members, { empty: 'No members.' }));
     await renderAudit(ctx);

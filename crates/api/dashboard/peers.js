@@ -135,7 +135,7 @@ function actions(peer, ctx) {
       ctx.log('action', `removed peer ${key}`);
     } catch (error) { ctx.fail(error); }
     await ctx.refresh('peers', 'status');
-  });
+  }, { key: `remove ${key}` });
   let result = null;
   if (outcome?.pending) result = h('span', { class: 'muted', text: 'testing…' });
   else if (outcome) {
