@@ -60,7 +60,7 @@ let bannerBackground = false;
 
 function fail(error, { background = false } = {}) {
   if (error instanceof ApiError && error.status === 401) {
-    showLogin('The node refused the token. Open the link that `meshsync run` printed, or paste the token below.');
+    showLogin('The node refused the token. Open the link that "meshsync run" printed, or paste the token below.');
     return;
   }
   if (background && !banner.hidden && !bannerBackground) return; // keep the user's error in view
@@ -234,7 +234,7 @@ function main() {
     showLogin('Signed out of this tab. Paste the token to come back.');
   });
   if (getToken()) start();
-  else showLogin('This dashboard needs the node\'s API token. Open the link that `meshsync run` printed, or paste the token from <data-dir>/api-token.');
+  else showLogin('This dashboard needs the node\'s API token. Open the link that "meshsync run" printed, or paste the token from <data-dir>/api-token.');
 }
 
 main();
