@@ -43,9 +43,14 @@ fi
 step "API fuzzing with schemathesis against a real node"
 bash tests/api_fuzz/run.sh target/release/meshsync
 
+step "dashboard in headless Chromium"
+# Installs Debian's chromium and the pinned playwright-core when missing (see the script).
+bash tests/dashboard/run.sh target/release/meshsync | tee target/dashboard-output.txt
+
 step "benchmark smoke run (figures come from the full run, see BENCHMARKS.md)"
 target/release/meshsync-bench --sizes 1000
 
 passed=$(grep -oE 'test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
+passed=$((passed + $(grep -oE '^ℹ pass [0-9]+' target/dashboard-output.txt | awk '{s+=$3} END {print s+0}')))
 echo
 echo "${passed} passed, 0 failed"

@@ -205,6 +205,76 @@ pub(crate) struct ConflictSideDocument {
     at: String,
 }
 
+/// An application collection.
+#[derive(ToSchema)]
+pub(crate) struct CollectionDocument {
+    name: String,
+}
+
+/// Application collections that hold records (deleted ones included), by name.
+#[derive(ToSchema)]
+pub(crate) struct CollectionList {
+    collections: Vec<CollectionDocument>,
+}
+
+/// Who wrote something and when.
+#[derive(ToSchema)]
+pub(crate) struct WriterDocument {
+    /// Device id of the writer.
+    device: String,
+    /// When it was written (the write's hybrid logical clock), RFC 3339.
+    at: String,
+    /// The writer's own number for that write.
+    seq: u64,
+}
+
+/// One version of a field that this node keeps.
+#[derive(ToSchema)]
+pub(crate) struct FieldVersionDocument {
+    /// The value written (for a counter, that device's running total).
+    value: serde_json::Value,
+    /// Device id of the writer.
+    device: String,
+    /// RFC 3339.
+    at: String,
+    seq: u64,
+    /// Whether this version's value is the one that shows.
+    wins: bool,
+}
+
+/// Where a field's value comes from.
+#[derive(ToSchema)]
+pub(crate) struct FieldProvenance {
+    field: String,
+    /// The merge policy in force: `lww`, `fww`, `counter`, `max` or `min`.
+    policy: String,
+    /// The value that shows.
+    value: serde_json::Value,
+    /// The write whose value shows; null for a counter, whose value is the sum of its versions.
+    writer: Option<WriterDocument>,
+    /// Every version kept side by side: concurrent writes (two or more with different values are
+    /// a conflict), or a counter's per-device totals. Oldest first.
+    versions: Vec<FieldVersionDocument>,
+}
+
+/// The versions a node keeps of a record: per field, who wrote the value that shows and when.
+/// Writes that a later one superseded are not kept, so this is where each value comes from now,
+/// not the full history of the record.
+#[derive(ToSchema)]
+pub(crate) struct RecordVersions {
+    collection: String,
+    id: String,
+    deleted: bool,
+    /// The delete that hides older fields, if the record was ever deleted.
+    deleted_by: Option<WriterDocument>,
+    /// Time of the newest change, RFC 3339.
+    updated_at: String,
+    /// Event cursor of the record's last change.
+    cursor: u64,
+    /// In field name order; meshsync's own fields (such as the scope) left out.
+    fields: Vec<FieldProvenance>,
+}
+
 /// A value that lost to a concurrent write, kept until resolved.
 #[derive(ToSchema)]
 pub(crate) struct ConflictDocument {

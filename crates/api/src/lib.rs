@@ -27,12 +27,15 @@
 //!   origins) and the token file.
 //! - `records`: records, schemas, conflicts and messages.
 //! - `events`: `GET /v1/events`: replay from a cursor, then live, over WebSocket or SSE.
-//! - `system`: status, settings, metrics, the OpenAPI document and the dashboard shell.
+//! - `system`: status, settings, metrics and the OpenAPI document.
+//! - `dashboard`: the dashboard page and its scripts, embedded from `crates/api/dashboard/`, with
+//!   their security headers (Content-Security-Policy).
 //! - `peers`: peers, sync, invites, members and audit, from the node's mesh when it runs (and
 //!   what a node without one can say when it does not).
 //! - `metrics`: the Prometheus registry and the per-route middleware.
 //! - `docs`: the OpenAPI document's frame and the types that only describe responses.
 
+mod dashboard;
 mod docs;
 mod error;
 mod events;
@@ -180,14 +183,17 @@ impl ApiState {
 /// document cannot forget a route (a test checks this against the real router too).
 fn api_routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(docs::frame())
-        .routes(routes!(system::dashboard))
+        .routes(routes!(dashboard::dashboard))
+        .routes(routes!(dashboard::dashboard_asset))
         .routes(routes!(system::openapi_json))
         .routes(routes!(system::metrics))
         .routes(routes!(system::status))
         .routes(routes!(system::get_config, system::put_config))
+        .routes(routes!(records::list_collections))
         .routes(routes!(records::list_records, records::append_record))
         .routes(routes!(records::get_record, records::put_record, records::delete_record))
         .routes(routes!(records::incr_record))
+        .routes(routes!(records::record_versions))
         .routes(routes!(records::get_schema, records::put_schema))
         .routes(routes!(records::list_conflicts))
         .routes(routes!(records::resolve_conflict))

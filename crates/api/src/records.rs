@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::docs::{
-    CollectionPath, ConflictList, Errors, FieldsBody, MessageDocument, RecordDocument, RecordList, RecordPath,
-    SchemaDocument,
+    CollectionList, CollectionPath, ConflictList, Errors, FieldsBody, MessageDocument, RecordDocument, RecordList,
+    RecordPath, RecordVersions, SchemaDocument,
 };
 use crate::error::from_store;
 use crate::extract::{
@@ -85,6 +85,85 @@ pub(crate) async fn get_record(
         Some(record) => Ok(Json(record_json(&record))),
         None => Err(ApiError::NotFound(format!("record {collection}/{} not found", clip(&id)))),
     }
+}
+
+/// Where each field of a record comes from: per field, the policy in force, the value that
+/// shows, the write that put it there (device and time), and every version kept beside it
+/// (concurrent writes, a counter's per-device totals). Deleted records answer too. Writes that a
+/// later one superseded are not kept, so this is the provenance of the current values, not a
+/// full history.
+#[utoipa::path(
+    get, path = "/v1/c/{collection}/{id}/versions", tag = "records",
+    params(RecordPath),
+    responses((status = 200, description = "The record's field versions", body = RecordVersions), Errors)
+)]
+pub(crate) async fn record_versions(
+    State(state): State<ApiState>,
+    ApiPath((collection, id)): ApiPath<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    check_record(&collection, &id)?;
+    let node = state.node().clone();
+    let (c, i) = (collection.clone(), id.clone());
+    let found =
+        store_read(&state, move || node.store().record_state(&c, &i).map_err(|e| from_store(e, &c, &i))).await?;
+    let Some((record, cursor)) = found else {
+        return Err(ApiError::NotFound(format!("record {collection}/{} not found", clip(&id))));
+    };
+    Ok(Json(versions_json(&collection, &id, &record, cursor)))
+}
+
+/// The document of `GET /v1/c/{collection}/{id}/versions`.
+fn versions_json(collection: &str, id: &str, record: &meshsync_core::RecordState, cursor: u64) -> Value {
+    let writer = |hlc: meshsync_core::Hlc, dot: meshsync_core::Dot| json!({"device": dot.origin.to_string(), "at": hlc.to_rfc3339(), "seq": dot.seq});
+    let fields: Vec<Value> = record
+        .fields()
+        .keys()
+        .filter(|field| !field.starts_with('_'))
+        .filter_map(|field| {
+            let provenance = record.field_versions(field)?;
+            let versions: Vec<Value> = provenance
+                .versions
+                .iter()
+                .map(|v| {
+                    let wins = provenance.winner.is_none_or(|w| w.dot == v.dot);
+                    json!({
+                        "value": v.value.to_json(), "device": v.dot.origin.to_string(), "at": v.hlc.to_rfc3339(),
+                        "seq": v.dot.seq, "wins": wins,
+                    })
+                })
+                .collect();
+            Some(json!({
+                "field": field,
+                "policy": provenance.policy.name(),
+                "value": record.value(field).map(|v| v.to_json()),
+                "writer": provenance.winner.map(|w| writer(w.hlc, w.dot)),
+                "versions": versions,
+            }))
+        })
+        .collect();
+    let materialized = record.materialize();
+    json!({
+        "collection": collection,
+        "id": id,
+        "deleted": materialized.deleted,
+        "deleted_by": record.tombstone().map(|t| writer(t.hlc, t.dot)),
+        "updated_at": materialized.updated.to_rfc3339(),
+        "cursor": cursor,
+        "fields": fields,
+    })
+}
+
+/// The application collections that hold records, by name: what there is to browse.
+#[utoipa::path(
+    get, path = "/v1/collections", tag = "records",
+    responses((status = 200, description = "Collections", body = CollectionList), Errors)
+)]
+pub(crate) async fn list_collections(State(state): State<ApiState>, uri: Uri) -> Result<Json<Value>, ApiError> {
+    query_pairs(&uri, &[], &[])?;
+    let node = state.node().clone();
+    let names = store_read(&state, move || node.store().collections().map_err(|e| from_store(e, "", ""))).await?;
+    let collections: Vec<Value> = names.iter().map(|name| json!({"name": name})).collect();
+    Ok(Json(json!({"collections": collections})))
 }
 
 /// Delete a record (a tombstone that replicates).

@@ -27,8 +27,11 @@ pub const TOKEN_FILE: &str = "api-token";
 const TOKEN_BYTES: usize = 32;
 /// Longest token accepted from the token file.
 const TOKEN_CHARS_MAX: usize = 256;
-/// Routes a browser loads without the token: the dashboard shell and the API description.
+/// Routes a browser loads without the token: the dashboard page and the API description. They
+/// hold no data; the page asks for the token and sends it with every data call.
 const PUBLIC_PATHS: [&str; 2] = ["/", "/v1/openapi.json"];
+/// The dashboard's scripts and stylesheet, also public.
+const PUBLIC_PREFIX: &str = "/assets/";
 
 /// Reads the API token from `<data_dir>/api-token`, or creates one (32 random bytes as hex,
 /// written atomically, mode 0600). A token file readable by others is tightened to 0600.
@@ -96,8 +99,9 @@ pub(crate) async fn guard(State(state): State<ApiState>, request: Request, next:
         }
     }
 
-    let public =
-        matches!(*request.method(), Method::GET | Method::HEAD) && PUBLIC_PATHS.contains(&request.uri().path());
+    let path = request.uri().path();
+    let public = matches!(*request.method(), Method::GET | Method::HEAD)
+        && (PUBLIC_PATHS.contains(&path) || path.starts_with(PUBLIC_PREFIX));
     if !public {
         if let Err(e) = check_token(&request, &state.shared.token) {
             return reject(&state, "token", e);
@@ -106,7 +110,8 @@ pub(crate) async fn guard(State(state): State<ApiState>, request: Request, next:
 
     let mut response = next.run(request).await;
     let h = response.headers_mut();
-    // Responses carry the group's data: never cache them, never let a browser guess their type.
+    // Responses carry the group's data: never cache them (the dashboard's files set their own
+    // policy), never let a browser guess their type.
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     if let Some(origin) = cors_origin {

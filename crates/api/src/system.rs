@@ -1,11 +1,11 @@
-//! The node as a whole: status, settings (read, and update with validation), Prometheus metrics,
-//! the OpenAPI document and the dashboard shell.
+//! The node as a whole: status, settings (read, and update with validation), Prometheus metrics
+//! and the OpenAPI document.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use meshsync_node::config::Config;
 use serde_json::{json, Value};
@@ -22,31 +22,6 @@ const LIVE_SETTINGS: [&str; 5] = ["name", "peers", "api_body_bytes_max", "api_al
 /// The OpenAPI document as served, rendered once when the router is built.
 #[derive(Clone)]
 pub(crate) struct OpenApiDocument(pub Arc<String>);
-
-/// The dashboard. For now a page that says it comes later; it needs no token to load.
-#[utoipa::path(
-    get, path = "/", tag = "node", security(()),
-    responses((status = 200, description = "The dashboard page", content_type = "text/html", body = String))
-)]
-pub(crate) async fn dashboard() -> Html<&'static str> {
-    Html(DASHBOARD_HTML)
-}
-
-const DASHBOARD_HTML: &str = r#"<!doctype html>
-<html lang="en">
-<head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>meshsync</title>
-<style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;color:#222}code{background:#eee;padding:0 .2em}</style>
-</head>
-<body>
-<h1>meshsync</h1>
-<p>This node is running. The dashboard comes in a later version.</p>
-<p>Until then, use the HTTP API (described in <a href="/v1/openapi.json">/v1/openapi.json</a>)
-with the token from <code>&lt;data-dir&gt;/api-token</code>, or the <code>meshsync</code> command line:
-<code>meshsync status</code>, <code>meshsync list COLLECTION</code>, <code>meshsync watch</code>.</p>
-</body>
-</html>
-"#;
 
 /// The OpenAPI document of this API.
 #[utoipa::path(

@@ -11,8 +11,9 @@ use axum::http::{Method, StatusCode};
 use common::{assert_shape, make_conflict, response_schema, Fixture};
 use serde_json::{json, Value};
 
-/// The endpoints of the contract (DESIGN.md section 6), plus the document itself.
-const CONTRACT: [(&str, &str); 30] = [
+/// The endpoints of the contract (DESIGN.md section 6), plus the document itself and what the
+/// dashboard added: its assets, the collections and a record's field versions.
+const CONTRACT: [(&str, &str); 33] = [
     ("PUT", "/v1/c/{collection}/{id}"),
     ("GET", "/v1/c/{collection}/{id}"),
     ("DELETE", "/v1/c/{collection}/{id}"),
@@ -43,6 +44,9 @@ const CONTRACT: [(&str, &str); 30] = [
     ("GET", "/metrics"),
     ("GET", "/"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/assets/{file}"),
+    ("GET", "/v1/collections"),
+    ("GET", "/v1/c/{collection}/{id}/versions"),
 ];
 
 const METHODS: [&str; 5] = ["GET", "PUT", "POST", "DELETE", "PATCH"];
@@ -60,7 +64,10 @@ fn operations(document: &Value) -> BTreeSet<(String, String)> {
 }
 
 fn concrete(path: &str) -> String {
-    path.replace("{collection}", "products").replace("{id}", "tea").replace("{device}", "MFRGG2LTM-NZXXE3DFO-RSXA5LTMA")
+    path.replace("{collection}", "products")
+        .replace("{id}", "tea")
+        .replace("{device}", "MFRGG2LTM-NZXXE3DFO-RSXA5LTMA")
+        .replace("{file}", "app.js")
 }
 
 #[tokio::test]
@@ -127,7 +134,7 @@ async fn every_operation_is_described_and_secured() {
         for (method, operation) in item.as_object().unwrap() {
             assert!(ids.insert(operation["operationId"].as_str().unwrap().to_string()), "duplicate operationId");
             assert!(operation["summary"].as_str().is_some_and(|s| !s.is_empty()), "{method} {path} has no summary");
-            let public = path == "/" || path == "/v1/openapi.json";
+            let public = path == "/" || path == "/v1/openapi.json" || path.starts_with("/assets/");
             assert_eq!(operation.get("security") == Some(&json!([{}])), public, "{method} {path}: security");
             if !public {
                 assert!(operation["responses"]["401"].is_object(), "{method} {path} documents no 401");
@@ -146,6 +153,8 @@ async fn responses_have_the_documented_fields() {
         (Method::PUT, "/v1/c/products/coffee", "/v1/c/{collection}/{id}", Some(json!({"name": "Coffee"})), "200"),
         (Method::GET, "/v1/c/products/tea", "/v1/c/{collection}/{id}", None, "200"),
         (Method::GET, "/v1/c/products", "/v1/c/{collection}", None, "200"),
+        (Method::GET, "/v1/collections", "/v1/collections", None, "200"),
+        (Method::GET, "/v1/c/products/tea/versions", "/v1/c/{collection}/{id}/versions", None, "200"),
         (Method::POST, "/v1/c/sales", "/v1/c/{collection}", Some(json!({"total": 1})), "201"),
         (Method::GET, "/v1/schema/products", "/v1/schema/{collection}", None, "200"),
         (Method::GET, "/v1/conflicts", "/v1/conflicts", None, "200"),

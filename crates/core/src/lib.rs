@@ -24,8 +24,8 @@ pub use hlc::{Clock, ClockError, Hlc, CLOCK_DRIFT_MS_MAX_DEFAULT};
 pub use name::NameError;
 pub use policy::{Policy, Schema, SchemaError};
 pub use record::{
-    conflict_id, CellWrite, Change, DecodeError, FieldConflict, Materialized, Op, Plan, RecordState, Tombstone,
-    Version, WriteError,
+    conflict_id, CellWrite, Change, DecodeError, FieldConflict, FieldVersions, Materialized, Op, Plan, RecordState,
+    Tombstone, Version, WriteError,
 };
 pub use value::{Value, ValueError};
 pub use vv::{Ctx, Dot, VersionVector};

@@ -251,6 +251,20 @@ pub struct FieldConflict {
     pub lost: Version,
 }
 
+/// Where a field's visible value comes from: the versions written under the policy in force and
+/// the one that shows. Versions superseded by a later write are not kept, so this is the field's
+/// current provenance, not its whole history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldVersions<'a> {
+    /// The policy in force (that of the field's newest version).
+    pub policy: Policy,
+    /// The versions side by side under that policy: concurrent writes, or for a counter each
+    /// device's running total. Sorted by (hlc, origin, seq).
+    pub versions: &'a [Version],
+    /// The version whose value shows; `None` for a counter, whose value is the sum of all.
+    pub winner: Option<&'a Version>,
+}
+
 /// The record as the application sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Materialized {
@@ -448,6 +462,13 @@ impl RecordState {
             return Some(counter_sum(group.iter().map(|v| &v.value)));
         }
         Self::winner(group).map(|v| v.value.clone())
+    }
+
+    /// Where the visible value of `field` comes from; `None` if the record has no such field.
+    pub fn field_versions(&self, field: &str) -> Option<FieldVersions<'_>> {
+        let versions = self.effective(field)?;
+        let policy = versions[0].policy;
+        Some(FieldVersions { policy, versions, winner: Self::winner(versions) })
     }
 
     /// The policy of a field's newest version.

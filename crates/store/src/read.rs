@@ -93,6 +93,23 @@ impl Store {
         })
     }
 
+    /// A record's whole state (every field version this node keeps, and its tombstone) with its
+    /// local change number, deleted records included; for showing where values came from.
+    pub fn record_state(&self, collection: &str, id: &str) -> Result<Option<(RecordState, u64)>, StoreError> {
+        self.readers.with(|conn| {
+            let row: Option<(i64, Vec<u8>)> = conn
+                .prepare_cached(
+                    "SELECT r.lsn, r.state FROM records r JOIN collections c ON c.idx = r.coll WHERE c.name = ?1 AND r.key = ?2",
+                )?
+                .query_row(params![collection, id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            match row {
+                Some((lsn, bytes)) => Ok(Some((RecordState::decode(&bytes)?, lsn as u64))),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// Lists live records of a collection in id order, keeping those whose fields equal every
     /// `filters` entry. `cursor` continues a previous page.
     pub fn list(
