@@ -467,11 +467,34 @@ pub(crate) struct Member {
     device_id: String,
     /// Null until the device has connected.
     name: Option<String>,
-    /// `admin`, `writer` or `reader` (not enforced yet: joined devices show as `writer`).
+    /// `admin`, `writer` or `reader`.
     role: String,
-    /// Scopes granted; empty for an admin, who sees every scope.
+    /// Scopes it may see and write; empty: all.
     scopes: Vec<String>,
     revoked: bool,
+    /// Whether it created the group (the root of every membership chain).
+    founder: bool,
+    /// Whether it is the device answering.
+    this_device: bool,
+    /// The admin whose invite admitted it (null for the founder).
+    invited_by: Option<String>,
+    /// The admin who revoked it.
+    revoked_by: Option<String>,
+}
+
+/// A revoked member.
+#[derive(ToSchema)]
+pub(crate) struct Revoked {
+    device_id: String,
+    /// Null (names are not part of membership).
+    name: Option<String>,
+    /// Its role before revocation.
+    role: Option<String>,
+    scopes: Vec<String>,
+    /// Always true.
+    revoked: bool,
+    /// Its changes up to this sequence number stay; later ones are refused everywhere.
+    revoked_after_seq: u64,
 }
 
 /// The group's members.

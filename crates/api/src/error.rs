@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The request comes from a web page of another origin (403 `forbidden_origin`).
     #[error("origin {0:?} is not allowed; add it to api_allowed_origins to let that page use the API")]
     ForbiddenOrigin(String),
+    /// This device's role or scopes do not allow it (403 `forbidden`).
+    #[error("{0}")]
+    Forbidden(String),
     /// The thing named does not exist (404 `not_found`).
     #[error("{0}")]
     NotFound(String),
@@ -88,6 +91,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::ForbiddenHost(_) => (StatusCode::FORBIDDEN, "forbidden_host"),
             ApiError::ForbiddenOrigin(_) => (StatusCode::FORBIDDEN, "forbidden_origin"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::UnknownRoute => (StatusCode::NOT_FOUND, "unknown_route"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -130,6 +134,7 @@ impl From<NodeError> for ApiError {
                 ApiError::Internal(e.to_string())
             }
             NodeError::Unavailable(message) => ApiError::Conflict { code: "sync_unavailable", message },
+            NodeError::Forbidden(message) => ApiError::Forbidden(message),
         }
     }
 }

@@ -12,7 +12,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use meshsync_core::hlc::rfc3339_from_ms;
 use meshsync_node::config::check_peer_addr;
-use meshsync_node::mesh::{Mesh, PeerInfo};
+use meshsync_node::membership::Role;
+use meshsync_node::mesh::{InviteOptions, Mesh, PeerInfo};
 use meshsync_node::DeviceId;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -415,10 +416,17 @@ pub(crate) async fn create_invite(
         });
     };
     let ttl_s = body.ttl_s.unwrap_or(INVITE_TTL_S_DEFAULT);
-    let include_addrs = body.addrs.unwrap_or(true);
-    // Reads the network interfaces and renders the QR code: off the async threads.
+    let role = body.role.as_deref().map(Role::parse).unwrap_or(Some(Role::Writer)).expect("checked above");
+    let options = InviteOptions {
+        role,
+        scopes: body.scopes.clone(),
+        uses: body.uses.unwrap_or(1),
+        ttl_s,
+        include_addrs: body.addrs.unwrap_or(true),
+    };
+    // Reads the network interfaces, signs, and renders the QR code: off the async threads.
     let (code, expires_ms, qr_svg) = blocking(move || {
-        let (code, expires_ms) = mesh.invite_with(ttl_s, include_addrs);
+        let (code, expires_ms) = mesh.create_invite(&options)?;
         let qr_svg = qr_svg(&code)?;
         Ok((code, expires_ms, qr_svg))
     })
@@ -429,7 +437,7 @@ pub(crate) async fn create_invite(
             "code": code,
             "expires_at": rfc3339_from_ms(expires_ms),
             "qr_svg": qr_svg,
-            "role": body.role.as_deref().unwrap_or("writer"),
+            "role": role.name(),
             "scopes": body.scopes,
             "uses": body.uses.unwrap_or(1),
         })),
@@ -456,33 +464,52 @@ fn qr_svg(code: &str) -> Result<String, ApiError> {
     responses((status = 200, description = "Members", body = MemberList), Errors)
 )]
 pub(crate) async fn list_members(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    let node = state.node();
-    let me = node.device_id().to_string();
-    let mut members = vec![json!({
-        "device_id": me, "name": node.name(), "role": "admin", "scopes": [], "revoked": false,
-    })];
-    if let Some(mesh) = node.mesh() {
-        let mut seen = std::collections::BTreeSet::from([me]);
-        for peer in mesh_peers(mesh).await? {
-            let Some(device) = peer.device_id else { continue };
-            if seen.insert(device.clone()) {
-                members.push(json!({
-                    "device_id": device, "name": peer.name, "role": "writer", "scopes": [], "revoked": false,
-                }));
-            }
-        }
-    }
+    let node = state.node().clone();
+    let Some(roster) = node.roster() else {
+        // No group (an embedding app without sync): this device alone, and it may do anything.
+        return Ok(Json(json!({"members": [{
+            "device_id": node.device_id().to_string(), "name": node.name(), "role": "admin", "scopes": [],
+            "revoked": false, "founder": true, "this_device": true, "invited_by": null, "revoked_by": null,
+        }]})));
+    };
+    let names: std::collections::HashMap<String, String> = match node.mesh() {
+        Some(mesh) => mesh_peers(mesh).await?.into_iter().filter_map(|p| Some((p.device_id?, p.name?))).collect(),
+        None => Default::default(),
+    };
+    let me = node.device_id();
+    let mut members: Vec<Value> = roster
+        .members()
+        .map(|(device, member)| {
+            let id = device.to_string();
+            let name = if *device == me { Some(node.name()) } else { names.get(&id).cloned() };
+            json!({
+                "device_id": id,
+                "name": name,
+                "role": member.role.name(),
+                "scopes": member.scopes,
+                "revoked": !member.active(),
+                "founder": *device == roster.founder(),
+                "this_device": *device == me,
+                "invited_by": member.entry.as_ref().map(|e| e.invite.issuer().to_string()),
+                "revoked_by": member.revoked_by.map(|d| d.to_string()),
+            })
+        })
+        .collect();
+    members.sort_by(|a, b| {
+        (b["founder"] == true, a["device_id"].as_str()).cmp(&(a["founder"] == true, b["device_id"].as_str()))
+    });
     Ok(Json(json!({"members": members})))
 }
 
 /// Revoke a member's access.
 ///
-/// Not possible yet for a device that joined: it holds the group key
-/// (409 `revoke_unavailable`); revocation arrives with access control.
+/// Only an admin may revoke. The revocation is signed by this device and spreads through the
+/// mesh: every node closes the device's sessions at once, refuses it from then on, and refuses
+/// changes it made after the last one this node had.
 #[utoipa::path(
     post, path = "/v1/members/{device}/revoke", tag = "group",
     params(crate::docs::DevicePath),
-    responses((status = 200, description = "Revoked", body = crate::docs::Member), Errors)
+    responses((status = 200, description = "Revoked", body = crate::docs::Revoked), Errors)
 )]
 pub(crate) async fn revoke_member(
     State(state): State<ApiState>,
@@ -495,19 +522,23 @@ pub(crate) async fn revoke_member(
             message: "a node cannot revoke itself; revoke it from another admin device".into(),
         });
     }
-    if let Some(mesh) = state.node().mesh() {
-        let id = device.to_string();
-        if mesh_peers(mesh).await?.iter().any(|p| p.device_id.as_deref() == Some(id.as_str())) {
-            return Err(ApiError::Conflict {
-                code: "revoke_unavailable",
-                message: format!(
-                    "device {device} holds the group key, and this version cannot take it back: revocation \
-                     arrives with access control"
-                ),
-            });
-        }
-    }
-    Err(ApiError::NotFound(format!("device {device} is not a member of this group")))
+    let Some(mesh) = state.node().mesh().cloned() else {
+        return Err(ApiError::Conflict {
+            code: "sync_unavailable",
+            message: "this node runs no mesh (node-to-node sync), so it has no group members to revoke".into(),
+        });
+    };
+    let revocation = blocking(move || mesh.revoke(device).map_err(ApiError::from)).await?;
+    let node = state.node();
+    let member = node.roster().and_then(|r| r.member(device).cloned());
+    Ok(Json(json!({
+        "device_id": device.to_string(),
+        "name": null,
+        "role": member.as_ref().map(|m| m.role.name()),
+        "scopes": member.as_ref().map(|m| m.scopes.clone()).unwrap_or_default(),
+        "revoked": true,
+        "revoked_after_seq": revocation.after_seq,
+    })))
 }
 
 /// The audit log: joins, revocations, refused connections and writes, sync sessions.

@@ -360,13 +360,14 @@ async fn group_endpoints_answer_for_a_node_alone() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         members,
-        json!({"members": [{"device_id": me, "name": "till-1", "role": "admin", "scopes": [], "revoked": false}]})
+        json!({"members": [{"device_id": me, "name": "till-1", "role": "admin", "scopes": [], "revoked": false,
+                            "founder": true, "this_device": true, "invited_by": null, "revoked_by": null}]})
     );
     let (status, body) = fx.call(Method::POST, &format!("/v1/members/{me}/revoke"), None).await;
     assert_eq!((status, error_code(&body).as_str()), (StatusCode::CONFLICT, "cannot_revoke_self"));
     let stranger = meshsync_node::DeviceId([9; 16]).to_string();
     let (status, body) = fx.call(Method::POST, &format!("/v1/members/{stranger}/revoke"), None).await;
-    assert_eq!((status, error_code(&body).as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert_eq!((status, error_code(&body).as_str()), (StatusCode::CONFLICT, "sync_unavailable"));
 
     assert_eq!(fx.get("/v1/audit").await, (StatusCode::OK, json!({"entries": []})));
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use meshsync_node::config::Config;
-use meshsync_node::mesh::MeshOptions;
+use meshsync_node::mesh::{InviteOptions, MeshOptions};
 use meshsync_node::{Node, NodeOptions, Policy, Schema};
 use serde_json::json;
 
@@ -67,7 +67,8 @@ async fn run(keep_dir: bool) -> Result<()> {
     println!("data in {}\n", base.path().display());
 
     let till1 = start(base.path(), "till-1", None).await?;
-    let code = till1.node.mesh().expect("mesh started").invite(3600).0;
+    let invite = InviteOptions { uses: 2, ..InviteOptions::default() };
+    let code = till1.node.mesh().expect("mesh started").create_invite(&invite).map_err(|e| anyhow!("{e}"))?.0;
     println!("[1/4] till-1 created the group and an invite code:\n      {}…\n", &code[..code.len().min(48)]);
     let till2 = start(base.path(), "till-2", Some(&code)).await?;
     let till3 = start(base.path(), "till-3", Some(&code)).await?;

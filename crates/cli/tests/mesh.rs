@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{client, eventually, json, signal, start, Running};
 
 fn invite(node: &Running) -> String {
-    let answer = json(node, &["invite"]);
+    let answer = json(node, &["invite", "--uses", "2"]);
     answer["code"].as_str().expect("invite code").to_string()
 }
 

@@ -28,6 +28,7 @@ pub mod discovery;
 pub mod group;
 mod identity;
 mod json;
+pub mod membership;
 pub mod mesh;
 
 use std::path::{Path, PathBuf};
@@ -106,6 +107,9 @@ pub enum NodeError {
     /// The operation needs the mesh, which is not running.
     #[error("{0}")]
     Unavailable(String),
+    /// This device's role or scopes do not allow it.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl From<StoreError> for NodeError {
@@ -181,7 +185,13 @@ pub(crate) struct Inner {
     device: DeviceId,
     store: Store,
     events: broadcast::Sender<Event>,
+    /// The group's membership as this node knows it, once it has a group.
+    roster: std::sync::RwLock<Option<Arc<membership::Roster>>>,
 }
+
+/// File in the data dir holding this device's own membership entry until the group's copy of it
+/// reaches this node (a device that just joined presents it to the members it meets).
+pub const OWN_ENTRY_FILE: &str = "member.entry";
 
 /// A meshsync node: one device's replica of its group's data. Cheap to clone.
 #[derive(Clone)]
@@ -240,6 +250,7 @@ impl Node {
                 device,
                 store,
                 events,
+                roster: std::sync::RwLock::new(None),
             }),
         })
     }
@@ -280,6 +291,15 @@ impl Node {
     /// Declares (or replaces) a collection's schema. Schemas replicate to the group like data.
     pub fn declare_schema(&self, collection: &str, schema: Schema) -> Result<(), NodeError> {
         check_app_collection(collection)?;
+        if let Some(me) = self.membership() {
+            if me.role == membership::Role::Reader || (me.role == membership::Role::Writer && !me.scopes.is_empty()) {
+                return Err(NodeError::Forbidden(format!(
+                    "this device is a {}{}: only admins and writers without scopes declare schemas",
+                    me.role.name(),
+                    if me.scopes.is_empty() { "" } else { " with scopes" }
+                )));
+            }
+        }
         self.inner.store.put_schema(collection, &schema)?;
         Ok(())
     }
@@ -293,6 +313,7 @@ impl Node {
     fn write(&self, collection: &str, id: &str, op: Op) -> Result<Record, NodeError> {
         check_app_collection(collection)?;
         check_id(id)?;
+        self.check_write(collection, id, &op)?;
         let outcome =
             self.inner.store.write(LocalWrite { collection: collection.into(), id: id.into(), op }).map_err(|e| {
                 match NodeError::from(e) {
@@ -429,6 +450,114 @@ impl Node {
         let _ = self.inner.events.send(event);
     }
 
+    /// This device's role and scopes in its group: from the roster, or, for a device that just
+    /// joined and has not received the group's copy of its entry yet, from its own entry. `None`
+    /// while the node has no group (an embedding app without sync may do anything).
+    pub fn membership(&self) -> Option<membership::Member> {
+        let roster = self.roster()?;
+        if let Some(member) = roster.member(self.inner.device) {
+            return Some(member.clone());
+        }
+        let entry = self.own_entry()?;
+        Some(membership::Member {
+            role: entry.invite.grant.role,
+            scopes: entry.invite.grant.scopes.clone(),
+            revoked_after: None,
+            revoked_by: None,
+            entry: Some(entry),
+        })
+    }
+
+    /// The roster, once the node has a group and its mesh started.
+    pub fn roster(&self) -> Option<Arc<membership::Roster>> {
+        self.inner.roster.read().expect("lock").clone()
+    }
+
+    /// This device's own membership entry as saved when it joined.
+    pub(crate) fn own_entry(&self) -> Option<membership::MemberEntry> {
+        let text = std::fs::read_to_string(self.inner.dir.join(OWN_ENTRY_FILE)).ok()?;
+        membership::decode(text.trim()).ok()
+    }
+
+    /// Rebuilds the roster from the `_members` collection. Statements that do not count are
+    /// logged; the mesh refuses them when they arrive, so they are rare here.
+    pub(crate) fn refresh_roster(&self) -> Result<Arc<membership::Roster>, NodeError> {
+        let group = self.group()?.ok_or_else(|| NodeError::Unavailable("this node has no group yet".into()))?;
+        let (mut entries, mut revocations) = (Vec::new(), Vec::new());
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.inner.store.list(membership::MEMBERS_COLLECTION, &[], cursor.as_deref(), 1000)?;
+            for doc in &page.records {
+                if let Some(Value::Str(text)) = doc.fields.get(membership::MEMBER_FIELD) {
+                    if let Ok(entry) = membership::decode::<membership::MemberEntry>(text) {
+                        entries.push(entry);
+                    }
+                }
+                if let Some(Value::Str(text)) = doc.fields.get(membership::REVOKED_FIELD) {
+                    if let Ok(revocation) = membership::decode::<membership::Revocation>(text) {
+                        revocations.push(revocation);
+                    }
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        let (roster, refused) = membership::Roster::build(group.id, group.founder_key, entries, revocations);
+        for (device, why) in refused {
+            tracing::warn!(%device, %why, "a membership statement does not count");
+        }
+        let roster = Arc::new(roster);
+        *self.inner.roster.write().expect("lock") = Some(roster.clone());
+        Ok(roster)
+    }
+
+    /// Writes a membership statement into the replicated `_members` collection.
+    pub(crate) fn write_member_field(&self, device: DeviceId, field: &str, text: String) -> Result<(), NodeError> {
+        self.inner.store.write(LocalWrite {
+            collection: membership::MEMBERS_COLLECTION.into(),
+            id: device.to_string(),
+            op: Op::Put { fields: vec![(field.into(), Value::Str(text))], scope: None },
+        })?;
+        self.refresh_roster()?;
+        Ok(())
+    }
+
+    /// Checks that this device's role and scopes allow a write to `collection/id`.
+    fn check_write(&self, collection: &str, id: &str, op: &Op) -> Result<(), NodeError> {
+        let Some(me) = self.membership() else { return Ok(()) };
+        if !me.active() {
+            return Err(NodeError::Forbidden("this device was revoked from its group; it can no longer write".into()));
+        }
+        match me.role {
+            membership::Role::Admin => Ok(()),
+            membership::Role::Reader => Err(NodeError::Forbidden(
+                "this device is a reader: its writes would never leave it; ask an admin for a writer invite".into(),
+            )),
+            membership::Role::Writer if me.scopes.is_empty() => Ok(()),
+            membership::Role::Writer => {
+                let given = match op {
+                    Op::Put { scope, .. } => scope.clone(),
+                    Op::Append { scope, .. } => Some(scope.clone()),
+                    _ => None,
+                };
+                let scope = match given {
+                    Some(scope) => scope,
+                    None => self.inner.store.get(collection, id)?.and_then(|doc| doc.scope),
+                };
+                if me.sees(scope.as_deref()) {
+                    Ok(())
+                } else {
+                    Err(NodeError::Forbidden(format!(
+                        "this device may write only in scopes {:?}; set _scope to one of them",
+                        me.scopes
+                    )))
+                }
+            }
+        }
+    }
+
     /// The group this node belongs to, if it has one yet.
     pub fn group(&self) -> Result<Option<group::Group>, NodeError> {
         group::Group::load(&self.inner.dir)
@@ -449,6 +578,12 @@ impl Node {
             Some(_) => {}
             None => joined.save(&self.inner.dir)?,
         }
+        // Our own entry, signed with the invite's key: shown to the members we meet, who check
+        // the invite (its admin, expiry and uses) and admit us.
+        let entry = membership::MemberEntry::join(&invite.invite, &invite.key()?, self.inner.device);
+        let path = self.inner.dir.join(OWN_ENTRY_FILE);
+        std::fs::write(&path, membership::encode(&entry))
+            .map_err(|e| NodeError::DataDir { path: path.clone(), reason: e.to_string() })?;
         let mut info = mesh::PeerInfo::unknown();
         info.device_id = Some(invite.inviter.to_string());
         info.addrs = invite.addrs.clone();
@@ -467,12 +602,13 @@ impl Node {
         let group = match self.group()? {
             Some(group) => group,
             None => {
-                let group = group::Group::generate();
+                let group = group::Group::generate(self.inner.identity.public_key());
                 group.save(&self.inner.dir)?;
                 tracing::info!(group = %group.id_text(), "created a new group");
                 group
             }
         };
+        self.refresh_roster()?;
         let mesh = mesh::Mesh::start(self, group, self.inner.identity.clone(), options).await?;
         let _ = self.inner.mesh.set(mesh.clone());
         Ok(mesh)

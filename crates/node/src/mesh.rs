@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use meshsync_core::record::{Change, SCOPE_FIELD};
+use meshsync_core::vv::Dot;
 use meshsync_core::{DeviceId, VersionVector};
 use meshsync_net::{Connection, Endpoint, FrameReceiver, FrameSender, Identity};
 use meshsync_store::{RemoteBatch, ScopeFilter};
@@ -25,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::group::Group;
+use crate::membership::{self, MemberEntry, Role, Roster};
 use crate::{Event, Inner, Message, NodeError};
 
 /// Most links at once.
@@ -148,7 +151,30 @@ impl PeerInfo {
     }
 }
 
+/// What an invite grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InviteOptions {
+    /// The new device's role.
+    pub role: Role,
+    /// Its scopes (empty: all).
+    pub scopes: Vec<String>,
+    /// How many devices the code admits.
+    pub uses: u32,
+    /// Lifetime in seconds.
+    pub ttl_s: u64,
+    /// Whether the code carries this node's addresses.
+    pub include_addrs: bool,
+}
+
+impl Default for InviteOptions {
+    /// A single-use writer invite for an hour, with this node's addresses.
+    fn default() -> InviteOptions {
+        InviteOptions { role: Role::Writer, scopes: Vec::new(), uses: 1, ttl_s: 3600, include_addrs: true }
+    }
+}
+
 /// One dial of a peer: the addresses tried, in order, and their outcomes.
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DialReport {
     /// When the dial started, ms since the epoch.
@@ -271,6 +297,8 @@ enum Command {
 
 struct LinkHandle {
     id: u64,
+    /// Set when the link held back changes whose author was not a known member yet.
+    deferred: Arc<AtomicBool>,
     dialer: DeviceId,
     /// The peer's end and ours.
     remote: SocketAddr,
@@ -428,18 +456,88 @@ impl Mesh {
         out.into_iter().map(|(_, a)| a).collect()
     }
 
-    /// An invite code for this group, valid `ttl_s` seconds.
+    /// A single-use writer invite for this group, valid `ttl_s` seconds, carrying this node's
+    /// addresses. Panics if this device is not an admin (see [`Mesh::create_invite`]).
     pub fn invite(&self, ttl_s: u64) -> (String, u64) {
-        self.invite_with(ttl_s, true)
+        self.create_invite(&InviteOptions { ttl_s, ..InviteOptions::default() }).expect("this device is an admin")
     }
 
-    /// An invite code, valid `ttl_s` seconds, carrying this node's addresses or not. A code
-    /// without addresses is shorter; the new device then finds the group's members by discovery
-    /// (mDNS, beacon, rendezvous) alone.
-    pub fn invite_with(&self, ttl_s: u64, include_addrs: bool) -> (String, u64) {
-        let expires_ms = now_ms() + ttl_s * 1000;
-        let addrs = if include_addrs { self.advertised_addrs() } else { Vec::new() };
-        (self.inner.group.invite(self.inner.me, &addrs, expires_ms), expires_ms)
+    /// An invite code signed by this device, which must be an admin. A code without addresses
+    /// is shorter; the new device then finds the group's members by discovery alone.
+    pub fn create_invite(&self, options: &InviteOptions) -> Result<(String, u64), NodeError> {
+        let node = self.node().ok_or_else(|| NodeError::Unavailable("the node is closed".into()))?;
+        match node.membership() {
+            Some(me) if me.role == Role::Admin && me.active() => {}
+            Some(me) => {
+                return Err(NodeError::Forbidden(format!(
+                    "only admins invite; this device is a {}",
+                    if me.active() { me.role.name() } else { "revoked member" }
+                )))
+            }
+            None => return Err(NodeError::Unavailable("this node has no group yet".into())),
+        }
+        let expires_ms = now_ms() + options.ttl_s.saturating_mul(1000);
+        let addrs = if options.include_addrs { self.advertised_addrs() } else { Vec::new() };
+        let code = self.inner.group.invite(
+            self.inner.endpoint.identity(),
+            options.role,
+            options.scopes.clone(),
+            options.uses,
+            expires_ms,
+            &addrs,
+        );
+        Ok((code, expires_ms))
+    }
+
+    /// Revokes `device`: signs a revocation (keeping its changes up to the last one this node
+    /// has), stores it in the replicated membership and closes its link. Every node that hears
+    /// of it closes the device's sessions, refuses it from then on and refuses its later changes.
+    pub fn revoke(&self, device: DeviceId) -> Result<membership::Revocation, NodeError> {
+        let node = self.node().ok_or_else(|| NodeError::Unavailable("the node is closed".into()))?;
+        match node.membership() {
+            Some(me) if me.role == Role::Admin && me.active() => {}
+            _ => return Err(NodeError::Forbidden("only admins revoke members".into())),
+        }
+        let roster = node.roster().ok_or_else(|| NodeError::Unavailable("this node has no group yet".into()))?;
+        if device == roster.founder() || device == self.inner.me {
+            return Err(NodeError::Invalid("the founder and this device cannot be revoked".into()));
+        }
+        if roster.member(device).is_none() {
+            return Err(NodeError::NotFound {
+                collection: membership::MEMBERS_COLLECTION.into(),
+                id: device.to_string(),
+            });
+        }
+        let after_seq = node.store().version_vector()?.get(&device);
+        let revocation = membership::Revocation::sign(
+            self.inner.endpoint.identity(),
+            self.inner.group.id,
+            device,
+            after_seq,
+            now_ms(),
+        );
+        node.write_member_field(device, membership::REVOKED_FIELD, membership::encode(&revocation))?;
+        self.enforce_roster();
+        Ok(revocation)
+    }
+
+    /// Closes the links of devices that are no longer active members, and links that held back
+    /// changes of authors unknown then (they are sent again on the new link).
+    pub(crate) fn enforce_roster(&self) {
+        let Some(roster) = self.node().and_then(|n| n.roster()) else { return };
+        for (device, link) in self.inner.links.lock().expect("lock").iter() {
+            match roster.member(*device) {
+                Some(m) if !m.active() => {
+                    let _ = link.commands.send(Command::Close("this device was revoked from the group".into()));
+                }
+                _ if link.deferred.swap(false, Ordering::SeqCst) => {
+                    let _ = link.commands.send(Command::Close(
+                        "membership changed: reconnecting to receive changes held back earlier".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Whether sync traffic is paused.
@@ -886,8 +984,21 @@ impl Mesh {
             return None;
         }
         let id = self.inner.next_link_id.fetch_add(1, Ordering::SeqCst);
-        links.insert(device, LinkHandle { id, dialer, remote, local, commands, notify });
+        links.insert(
+            device,
+            LinkHandle { id, deferred: link.deferred.clone(), dialer, remote, local, commands, notify },
+        );
         Some(id)
+    }
+
+    /// Rebuilds the roster after membership changed, and acts on it.
+    async fn refresh_roster(&self) {
+        let Some(node) = self.node() else { return };
+        match tokio::task::spawn_blocking(move || node.refresh_roster()).await {
+            Ok(Ok(_)) => self.enforce_roster(),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot rebuild the membership roster"),
+            Err(_) => {}
+        }
     }
 
     async fn notifier(self) {
@@ -899,7 +1010,18 @@ impl Mesh {
             tokio::select! {
                 _ = stop.changed() => return,
                 event = events.recv() => match event {
-                    Ok(Event::Store(_)) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Ok(Event::Store(ref store_event)) => {
+                        if let meshsync_store::StoreEvent::RecordChanged { collection, local: false, .. } = store_event {
+                            if collection == membership::MEMBERS_COLLECTION {
+                                self.refresh_roster().await;
+                            }
+                        }
+                        for link in self.inner.links.lock().expect("lock").values() {
+                            link.notify.notify_one();
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        self.refresh_roster().await;
                         for link in self.inner.links.lock().expect("lock").values() {
                             link.notify.notify_one();
                         }
@@ -921,6 +1043,8 @@ impl Mesh {
         }
         let mut link = Link {
             outbound,
+            deferred: Arc::new(AtomicBool::new(false)),
+            admitted: Arc::new(Mutex::new(None)),
             remote: peer.addr,
             local: peer.local_addr,
             id: None,
@@ -996,14 +1120,12 @@ impl Mesh {
             vector: store_vector,
             scopes: Vec::new(),
             listen_port: Some(self.inner.listen_addr.port()),
+            chain: self.own_chain(&node),
         };
-        let admission = Box::new(move |h: &Hello| {
-            if group.verify(&binding, h.device, &h.proof) {
-                Ok(None)
-            } else {
-                Err("membership proof does not verify: the peer is not a member of this group".to_string())
-            }
-        });
+        let roster = node.roster().ok_or("this node has no membership roster")?;
+        let me = self.inner.me;
+        let admitted = link.admitted.clone();
+        let admission = Box::new(move |h: &Hello| admit(&group, &roster, me, &binding, h, &admitted));
         let config = SessionConfig::with_heartbeat(self.inner.options.heartbeat_interval_ms);
         let mut session = Session::new(config, hello, device, admission, now_ms());
         session.set_paused(self.paused());
@@ -1077,7 +1199,164 @@ impl Mesh {
     }
 }
 
+/// Decides whether the peer that sent `hello` may join this link, and what it may receive: it
+/// must know the group secret (bound to this TLS session) and be a member: known to our roster
+/// and not revoked, or proven by the entries it presents (a chain of signatures back to the
+/// founder). A newcomer (its entry not in our roster) is admitted only while its invite is
+/// unexpired, not used up and signed by an unrevoked admin; this node then writes its entry to
+/// the group's membership. A node not in its own roster yet (it has just joined) takes a valid
+/// chain as proof and leaves invite checks to the members who know the group.
+fn admit(
+    group: &Group,
+    roster: &Roster,
+    me: DeviceId,
+    binding: &[u8],
+    hello: &Hello,
+    admitted: &Mutex<Option<MemberEntry>>,
+) -> Result<Option<Vec<String>>, String> {
+    if !group.verify(binding, hello.device, &hello.proof) {
+        return Err("membership proof does not verify: the peer is not a member of this group".into());
+    }
+    if let Some(member) = roster.member(hello.device) {
+        if !member.active() {
+            return Err("this device was revoked from the group".into());
+        }
+        return Ok(member.scope_filter());
+    }
+    let chain: Vec<MemberEntry> =
+        hello.chain.iter().take(membership::CHAIN_MAX).filter_map(|bytes| postcard::from_bytes(bytes).ok()).collect();
+    let extended = roster.with_chain(group.founder_key, &chain);
+    let Some(member) = extended.member(hello.device) else {
+        return Err("no valid membership entry: the device was never admitted to this group".into());
+    };
+    if roster.member(me).is_some() {
+        let entry = member.entry.clone().ok_or("the founder needs no entry")?;
+        let grant = &entry.invite.grant;
+        if now_ms() > grant.expires_ms {
+            return Err("its invite has expired; ask an admin for a new one".into());
+        }
+        if roster.uses(&grant.invite_key) >= grant.uses {
+            return Err(format!("its invite was already used by {} device(s); ask an admin for a new one", grant.uses));
+        }
+        if roster.member(entry.invite.issuer()).is_some_and(|m| !m.active()) {
+            return Err("its invite was signed by an admin who has since been revoked".into());
+        }
+        *admitted.lock().expect("lock") = Some(entry);
+    }
+    Ok(member.scope_filter())
+}
+
+/// Remote changes sorted by what may be applied.
+struct Screened {
+    /// What to apply.
+    changes: Vec<Change>,
+    /// Dots the vector may rise to (without those of held-back authors).
+    advance: Vec<Dot>,
+    /// Changes refused for good, with why.
+    rejected: Vec<(Dot, String)>,
+    /// Authors not known as members yet: their changes are held back (the vector does not rise
+    /// past them, so they are sent again on a later link).
+    deferred: HashSet<DeviceId>,
+}
+
+/// Checks every remote change against its author's role and scopes, and every membership
+/// statement against its signatures. Reads the store for the scope of records a change does not
+/// name one for.
+fn screen(
+    store: &meshsync_store::Store,
+    group: &Group,
+    roster: &Roster,
+    changes: Vec<Change>,
+    advance: Vec<Dot>,
+) -> Screened {
+    let mut out = Screened { changes: Vec::new(), advance: Vec::new(), rejected: Vec::new(), deferred: HashSet::new() };
+    for change in changes {
+        let author = change.dot.origin;
+        let verdict = match roster.member(author) {
+            None => {
+                out.deferred.insert(author);
+                continue;
+            }
+            Some(m) if m.revoked_after.is_some_and(|after| change.dot.seq > after) => {
+                Err("its author was revoked before making it".to_string())
+            }
+            Some(m) => authorize(store, group, m, &change),
+        };
+        match verdict {
+            Ok(()) => out.changes.push(change),
+            Err(why) => out.rejected.push((change.dot, why)),
+        }
+    }
+    let deferred = &out.deferred;
+    out.changes.retain(|c| !deferred.contains(&c.dot.origin));
+    out.advance = advance.into_iter().filter(|d| !deferred.contains(&d.origin)).collect();
+    out
+}
+
+/// Whether `author` may make `change`.
+fn authorize(
+    store: &meshsync_store::Store,
+    group: &Group,
+    author: &membership::Member,
+    change: &Change,
+) -> Result<(), String> {
+    if change.collection == membership::MEMBERS_COLLECTION {
+        for cell in &change.cells {
+            let meshsync_core::Value::Str(text) = &cell.value else {
+                return Err(format!("membership field {:?} is not a statement", cell.field));
+            };
+            let device = match cell.field.as_str() {
+                membership::MEMBER_FIELD => membership::decode::<MemberEntry>(text)
+                    .and_then(|e| e.check(group.id).map(|_| e.device))
+                    .map_err(|e| format!("membership entry refused: {e}"))?,
+                membership::REVOKED_FIELD => membership::decode::<membership::Revocation>(text)
+                    .and_then(|r| r.check(group.id).map(|_| r.device))
+                    .map_err(|e| format!("revocation refused: {e}"))?,
+                other => return Err(format!("membership records have no field {other:?}")),
+            };
+            if device.to_string() != change.record {
+                return Err("membership statement stored under another device's record".into());
+            }
+        }
+        return Ok(());
+    }
+    match author.role {
+        Role::Admin => Ok(()),
+        Role::Reader => Err("its author is a reader".into()),
+        Role::Writer if author.scopes.is_empty() => Ok(()),
+        Role::Writer => {
+            if change.collection == meshsync_store::SCHEMAS_COLLECTION {
+                return Err("a writer with scopes cannot change schemas".into());
+            }
+            let named = change.cells.iter().find(|c| c.field == SCOPE_FIELD).map(|c| match &c.value {
+                meshsync_core::Value::Str(s) => Some(s.clone()),
+                _ => None,
+            });
+            let scope = match named {
+                Some(scope) => scope,
+                None => store.get(&change.collection, &change.record).ok().flatten().and_then(|d| d.scope),
+            };
+            if author.sees(scope.as_deref()) {
+                Ok(())
+            } else {
+                Err(format!("outside its author's scopes {:?}", author.scopes))
+            }
+        }
+    }
+}
+
 impl Mesh {
+    /// The entries that prove this device's membership: its chain in the roster, or, before the
+    /// group's copy reached it, its own saved entry.
+    fn own_chain(&self, node: &crate::Node) -> Vec<Vec<u8>> {
+        let roster = node.roster();
+        let chain = match roster.as_ref() {
+            Some(r) if r.member(self.inner.me).is_some() => r.chain(self.inner.me),
+            _ => node.own_entry().into_iter().collect(),
+        };
+        chain.iter().map(|e| postcard::to_stdvec(e).expect("encoding to a Vec cannot fail")).collect()
+    }
+
     /// Handles the session's events and requests for changes until it has none.
     async fn service(
         &self,
@@ -1113,6 +1392,20 @@ impl Mesh {
                             e.info.caught_up = false;
                             e.failures = 0;
                         });
+                        let newcomer = link.admitted.lock().expect("lock").take();
+                        if let Some(entry) = newcomer {
+                            // Written before anything else of the newcomer is applied here, so its
+                            // changes reach other members after its entry.
+                            let store_node = node.clone();
+                            let text = membership::encode(&entry);
+                            tokio::task::spawn_blocking(move || {
+                                store_node.write_member_field(device, membership::MEMBER_FIELD, text)
+                            })
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .map_err(|e| format!("cannot record the new member: {e}"))?;
+                            tracing::info!(peer = %device.short(), role = entry.invite.grant.role.name(), "admitted a new member");
+                        }
                         tracing::info!(peer = %device.short(), name = %info.name, %addr, "peer connected");
                         node.publish(Event::Peer(PeerEvent::Connected {
                             device,
@@ -1155,14 +1448,30 @@ impl Mesh {
                             remaining = r;
                             caught_up |= c;
                         }
-                        let count = changes.len() as u64;
                         let store_node = node.clone();
-                        let applied = tokio::task::spawn_blocking(move || {
-                            store_node.store().apply_remote(RemoteBatch { changes, advance })
+                        let group = self.inner.group.clone();
+                        let roster = node.roster().ok_or("this node has no membership roster")?;
+                        let (applied, count, rejected, deferred) = tokio::task::spawn_blocking(move || {
+                            let Screened { changes, advance, rejected, deferred } =
+                                screen(store_node.store(), &group, &roster, changes, advance);
+                            let count = changes.len() as u64;
+                            let applied = store_node.store().apply_remote(RemoteBatch { changes, advance });
+                            (applied, count, rejected, deferred)
                         })
                         .await
                         .map_err(|e| e.to_string())?;
                         applied.map_err(|e| format!("cannot apply changes from the peer: {e}"))?;
+                        if !deferred.is_empty() {
+                            link.deferred.store(true, Ordering::SeqCst);
+                            tracing::debug!(
+                                peer = %device.short(),
+                                authors = deferred.len(),
+                                "held back changes of authors not known as members yet"
+                            );
+                        }
+                        for (dot, why) in &rejected {
+                            tracing::warn!(peer = %device.short(), author = %dot.origin.short(), seq = dot.seq, %why, "refused a remote change");
+                        }
                         for seq in seqs {
                             session.applied(seq);
                         }
@@ -1227,6 +1536,9 @@ impl Mesh {
 /// One link's registration: filled in when its session is established.
 struct Link {
     outbound: bool,
+    deferred: Arc<AtomicBool>,
+    /// A newcomer this node admitted with its invite: its entry is written once established.
+    admitted: Arc<Mutex<Option<MemberEntry>>>,
     remote: SocketAddr,
     local: Option<SocketAddr>,
     id: Option<u64>,

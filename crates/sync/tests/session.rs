@@ -78,6 +78,7 @@ fn hello(device: DeviceId, group: GroupId, vector: &VersionVector) -> Hello {
         vector: vector.clone(),
         scopes: vec![],
         listen_port: None,
+        chain: Vec::new(),
     }
 }
 

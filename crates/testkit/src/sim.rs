@@ -165,6 +165,7 @@ impl Cluster {
             vector: node.store().version_vector().expect("vector"),
             scopes: Vec::new(),
             listen_port: None,
+            chain: Vec::new(),
         }
     }
 

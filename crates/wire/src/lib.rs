@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
+/// Most membership entries in a hello.
+pub const CHAIN_ENTRIES_MAX: usize = 8;
+/// Largest membership entry in a hello, in bytes.
+pub const CHAIN_ENTRY_BYTES_MAX: usize = 8 * 1024;
 /// Largest frame accepted, in bytes.
 pub const FRAME_BYTES_MAX: usize = 8 << 20;
 /// Largest decompressed batch accepted, in bytes.
@@ -97,6 +101,9 @@ pub struct Hello {
     pub scopes: Vec<String>,
     /// Port the sender accepts peer connections on, if any.
     pub listen_port: Option<u16>,
+    /// The sender's membership entries (postcard), its own first, then its inviter's and so on
+    /// towards the group's founder: how a node that has not heard of it yet checks its membership.
+    pub chain: Vec<Vec<u8>>,
 }
 
 /// A batch of changes, compressed.
@@ -222,6 +229,9 @@ fn validate(message: &Message) -> Result<(), WireError> {
             }
             if hello.vector.len() > VECTOR_ENTRIES_MAX {
                 return Err(invalid("hello", "version vector too large"));
+            }
+            if hello.chain.len() > CHAIN_ENTRIES_MAX || hello.chain.iter().any(|e| e.len() > CHAIN_ENTRY_BYTES_MAX) {
+                return Err(invalid("hello", "membership chain too long"));
             }
             if hello.scopes.len() > SCOPES_MAX {
                 return Err(invalid("hello", "too many scopes"));
@@ -369,6 +379,7 @@ mod tests {
                 vector: VersionVector::new(),
                 scopes: vec![],
                 listen_port: Some(7710),
+                chain: vec![vec![1, 2, 3]],
             }),
         ];
         for message in messages {
