@@ -41,6 +41,11 @@ fn check_record(collection: &str, id: &str) -> Result<(), ApiError> {
 /// Performs a local write through the store's future: no blocking thread waits for the disk.
 async fn write(state: &ApiState, collection: &str, id: &str, op: Op) -> Result<WriteOutcome, ApiError> {
     check_record(collection, id)?;
+    if !state.node().may_write_anything() {
+        // A reader, a scoped writer or a revoked device: 403 unless the role and scopes allow it.
+        let (node, c, i, o) = (state.node().clone(), collection.to_string(), id.to_string(), op.clone());
+        blocking(move || Ok(node.check_write(&c, &i, &o)?)).await?;
+    }
     let write = LocalWrite { collection: collection.into(), id: id.into(), op };
     state.node().store().write_async(write).await.map_err(|e| from_store(e, collection, id))
 }

@@ -2,6 +2,7 @@
 //! the snapshot from the data dir, prints where it listens, and on SIGINT or SIGTERM stops
 //! accepting, finishes requests in flight, saves the snapshot and exits.
 
+use crate::run::say;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -51,12 +52,12 @@ async fn serve(args: RendezvousArgs, data_dir: PathBuf) -> Result<()> {
     let bound = listener.local_addr()?;
     let host = if bound.ip().is_unspecified() { "127.0.0.1".to_string() } else { bound.ip().to_string() };
     let host = if bound.is_ipv6() && !bound.ip().is_unspecified() { format!("[{host}]") } else { host };
-    println!("meshsync {} rendezvous", env!("CARGO_PKG_VERSION"));
-    println!("  listening   {bound} (http; put a reverse proxy in front for https)");
-    println!("  health      http://{host}:{}/health", bound.port());
-    println!("  data dir    {}", data_dir.display());
-    println!("  nodes use   meshsync run --rendezvous http://<this host>:{}", bound.port());
-    println!("Press Ctrl-C to stop.");
+    say!("meshsync {} rendezvous", env!("CARGO_PKG_VERSION"));
+    say!("  listening   {bound} (http; put a reverse proxy in front for https)");
+    say!("  health      http://{host}:{}/health", bound.port());
+    say!("  data dir    {}", data_dir.display());
+    say!("  nodes use   meshsync run --rendezvous http://<this host>:{}", bound.port());
+    say!("Press Ctrl-C to stop.");
     tracing::info!(listen = %bound, data_dir = %data_dir.display(), "rendezvous running");
 
     let options = ServerOptions {
@@ -82,6 +83,6 @@ async fn serve(args: RendezvousArgs, data_dir: PathBuf) -> Result<()> {
             return Err(anyhow!("the rendezvous stopped by itself"));
         }
     }
-    println!("stopped cleanly");
+    say!("stopped cleanly");
     Ok(())
 }

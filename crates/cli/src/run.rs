@@ -2,6 +2,16 @@
 //! dashboard, print how to reach it, and shut down cleanly on SIGINT or SIGTERM: the API stops
 //! accepting, in-flight requests finish, queued writes commit, then the process exits.
 
+/// `println!` that ignores a closed stdout: a node must not die because whoever started it
+/// stopped reading its output.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use say;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -147,9 +157,9 @@ async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf, join: Op
     if let Some(code) = &join {
         let invite = node.join(code).map_err(|e| anyhow!("--join: {e}"))?;
         if invite.addrs.is_empty() {
-            println!("joining the group of {} (finding it by mDNS, beacon or rendezvous)", invite.inviter);
+            say!("joining the group of {} (finding it by mDNS, beacon or rendezvous)", invite.inviter);
         } else {
-            println!("joining the group of {} at {}", invite.inviter, invite.addrs.join(", "));
+            say!("joining the group of {} at {}", invite.inviter, invite.addrs.join(", "));
         }
     }
     let mesh = node
@@ -172,19 +182,19 @@ async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf, join: Op
     let host = if bound.ip().is_unspecified() { "127.0.0.1".to_string() } else { bound.ip().to_string() };
     let host = if bound.is_ipv6() && !bound.ip().is_unspecified() { format!("[{host}]") } else { host };
     let api_url = format!("http://{host}:{}", bound.port());
-    println!("meshsync {} node \"{}\"", env!("CARGO_PKG_VERSION"), config.name);
-    println!("  device id   {}", node.device_id());
-    println!("  data dir    {}", data_dir.display());
-    println!("  group       {}", mesh.group().id_text());
-    println!("  peers on    {} (mutual TLS)", mesh.listen_addr());
-    println!("  API         {api_url}/v1   (token in {})", data_dir.join("api-token").display());
-    println!("  dashboard   {api_url}/?token={token}");
-    println!("  try         meshsync put products tea name=Tea price=2.5 --data-dir {}", data_dir.display());
-    println!(
+    say!("meshsync {} node \"{}\"", env!("CARGO_PKG_VERSION"), config.name);
+    say!("  device id   {}", node.device_id());
+    say!("  data dir    {}", data_dir.display());
+    say!("  group       {}", mesh.group().id_text());
+    say!("  peers on    {} (mutual TLS)", mesh.listen_addr());
+    say!("  API         {api_url}/v1   (token in {})", data_dir.join("api-token").display());
+    say!("  dashboard   {api_url}/?token={token}");
+    say!("  try         meshsync put products tea name=Tea price=2.5 --data-dir {}", data_dir.display());
+    say!(
         "  invite      meshsync invite --data-dir {}   (then: meshsync run --join CODE on the other device)",
         data_dir.display()
     );
-    println!("Press Ctrl-C to stop.");
+    say!("Press Ctrl-C to stop.");
     tracing::info!(api = %bound, device = %node.device_id(), "node running");
 
     tokio::spawn(report_sync(node.clone()));
@@ -203,7 +213,7 @@ async fn serve(config: Config, config_path: PathBuf, data_dir: PathBuf, join: Op
     // Every acknowledged write is already committed; this waits for queued ones and folds the WAL.
     let closing = node.clone();
     tokio::task::spawn_blocking(move || closing.close()).await?;
-    println!("stopped cleanly");
+    say!("stopped cleanly");
     Ok(())
 }
 
@@ -218,17 +228,17 @@ async fn report_sync(node: Node) {
     loop {
         match events.recv().await {
             Ok(Event::Peer(PeerEvent::Connected { device, name, addr })) => {
-                println!("peer connected: {name} ({}) at {addr}", device.short());
+                say!("peer connected: {name} ({}) at {addr}", device.short());
             }
             Ok(Event::Peer(PeerEvent::Disconnected { device, reason })) => {
-                println!("peer disconnected: {} ({reason})", device.short());
+                say!("peer disconnected: {} ({reason})", device.short());
                 started.remove(&device);
             }
             Ok(Event::Peer(PeerEvent::Progress { device, received, remaining, caught_up })) => {
                 let since = *started.entry(device).or_insert_with(std::time::Instant::now);
                 if caught_up {
                     if received > 0 {
-                        println!(
+                        say!(
                             "caught up with {}: {received} changes in {:.1} s",
                             device.short(),
                             since.elapsed().as_secs_f64()
@@ -236,7 +246,7 @@ async fn report_sync(node: Node) {
                     }
                 } else if last_print.elapsed() >= std::time::Duration::from_millis(500) {
                     last_print = std::time::Instant::now();
-                    println!("syncing from {}: {received} changes received, about {remaining} to go", device.short());
+                    say!("syncing from {}: {received} changes received, about {remaining} to go", device.short());
                 }
             }
             Ok(_) => {}

@@ -524,8 +524,18 @@ impl Node {
         Ok(())
     }
 
-    /// Checks that this device's role and scopes allow a write to `collection/id`.
-    fn check_write(&self, collection: &str, id: &str, op: &Op) -> Result<(), NodeError> {
+    /// Whether this device may write anything anywhere (an active admin or unscoped writer, or a
+    /// node without a group): then [`Node::check_write`] has nothing to check.
+    pub fn may_write_anything(&self) -> bool {
+        self.membership().is_none_or(|m| {
+            m.active() && (m.role == membership::Role::Admin || (m.role == membership::Role::Writer && m.scopes.is_empty()))
+        })
+    }
+
+    /// Checks that this device's role and scopes allow a write to `collection/id` (reads the
+    /// record's scope for a scoped writer that does not name one). [`Node::put`] and the other
+    /// writes call it; code writing through [`Node::store`] directly must call it first.
+    pub fn check_write(&self, collection: &str, id: &str, op: &Op) -> Result<(), NodeError> {
         let Some(me) = self.membership() else { return Ok(()) };
         if !me.active() {
             return Err(NodeError::Forbidden("this device was revoked from its group; it can no longer write".into()));
