@@ -20,9 +20,11 @@
 //!
 //! # Layout
 //! - `lib.rs`: [`Node`], its options and errors.
+//! - [`audit`]: the kinds of audit entries and what each records; [`Node::audit`] appends them.
 //! - `identity`: the device id kept in the data dir.
 //! - `json`: conversions between the app's JSON and the core's values, and the record document.
 
+pub mod audit;
 pub mod config;
 pub mod discovery;
 pub mod group;
@@ -36,13 +38,16 @@ use std::sync::Arc;
 use meshsync_core::{name, Op};
 pub use meshsync_core::{DeviceId, Hlc, Policy, Schema, Value, VersionVector};
 pub use meshsync_store::{
-    ConflictDoc as Conflict, ConflictSide, Durability, ListPage, RecordDoc as Record, StoreEvent, LIST_LIMIT_MAX,
+    AuditBroken, AuditCheck, AuditEntry, AuditPage, ConflictDoc as Conflict, ConflictSide, Durability, ListPage,
+    RecordDoc as Record, StoreEvent, AUDIT_PAGE_MAX, LIST_LIMIT_MAX,
 };
 use meshsync_store::{LocalWrite, Store, StoreError, StoreOptions};
 use tokio::sync::broadcast;
 
 pub use json::{conflict_json, fields_from_json, record_json};
 
+/// Audit entries per page when the caller names no limit.
+pub const AUDIT_PAGE_DEFAULT: usize = 100;
 /// Events buffered per subscriber before it starts to lag (and should resume from its cursor).
 pub const EVENT_BUFFER: usize = 4096;
 /// File name of the database inside the data dir.
@@ -424,6 +429,45 @@ impl Node {
         Ok(message)
     }
 
+    /// Records an entry in the audit log (`kind`: one of [`audit`]'s constants). Fire and forget:
+    /// queues it for the store's next group commit and returns at once, never waiting for the
+    /// commit or for room in the write queue, so it is safe on async threads and hot paths. It
+    /// cannot fail the caller: a kind or detail over the limits is clamped, and an entry that
+    /// cannot be queued (the queue is full, the store closed) is logged as a warning; the store
+    /// counts entries lost to a full queue in the log itself ([`audit::DROPPED`]).
+    pub fn audit(&self, kind: &str, device: Option<DeviceId>, detail: serde_json::Value) {
+        match self.inner.store.audit_append_nowait(kind, device, detail) {
+            Ok(()) => {}
+            Err(StoreError::Closed) => tracing::debug!(kind, "audit entry after the store closed: not recorded"),
+            Err(e) => tracing::warn!(kind, error = %e, "audit entry not recorded"),
+        }
+    }
+
+    /// A page of the audit log, newest first: entries older than `before` (a seq; `None`: from
+    /// the newest), at most `limit` (0 means [`AUDIT_PAGE_DEFAULT`]; at most [`AUDIT_PAGE_MAX`]),
+    /// whose kind starts with `kind_prefix` (e.g. `member.`). Pass the page's `next` as `before`
+    /// for the following page. Reads the store: call it off async threads.
+    pub fn audit_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        kind_prefix: Option<&str>,
+    ) -> Result<AuditPage, NodeError> {
+        let limit = if limit == 0 { AUDIT_PAGE_DEFAULT } else { limit };
+        if limit > AUDIT_PAGE_MAX {
+            return Err(NodeError::Invalid(format!("limit must be at most {AUDIT_PAGE_MAX}")));
+        }
+        Ok(self.inner.store.audit_page(before, limit, kind_prefix)?)
+    }
+
+    /// Checks the audit log's hash chain from its oldest entry to its newest: `Ok(Ok(check))`
+    /// when every link holds, `Ok(Err(broken))` naming the first entry that was changed, removed
+    /// or moved. Reads the whole log (at most 100,000 entries, one at a time): call it off async
+    /// threads, and not per request.
+    pub fn audit_verify(&self) -> Result<Result<AuditCheck, AuditBroken>, NodeError> {
+        Ok(self.inner.store.audit_verify()?)
+    }
+
     /// Publishes an event to subscribers (used by the sync and API layers).
     pub fn publish(&self, event: Event) {
         let _ = self.inner.events.send(event);
@@ -447,7 +491,14 @@ impl Node {
                 )))
             }
             Some(_) => {}
-            None => joined.save(&self.inner.dir)?,
+            None => {
+                joined.save(&self.inner.dir)?;
+                self.audit(
+                    audit::JOIN,
+                    Some(invite.inviter),
+                    serde_json::json!({"group": joined.id_text(), "addrs": invite.addrs}),
+                );
+            }
         }
         let mut info = mesh::PeerInfo::unknown();
         info.device_id = Some(invite.inviter.to_string());
@@ -470,6 +521,7 @@ impl Node {
                 let group = group::Group::generate();
                 group.save(&self.inner.dir)?;
                 tracing::info!(group = %group.id_text(), "created a new group");
+                self.audit(audit::GROUP_CREATED, None, serde_json::json!({"group": group.id_text()}));
                 group
             }
         };
