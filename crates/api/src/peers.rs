@@ -1,9 +1,9 @@
-//! Peers, sync, invites, members and audit. When the node runs a mesh, these answer from it: its
-//! peer table, its links (pause, resume, reconnect, connection tests), its group (invites) and
-//! the devices it has met (members). A node without a mesh (an embedding app that never started
+//! Peers, sync, invites and members. When the node runs a mesh, these answer from it: its peer
+//! table, its links (pause, resume, reconnect, connection tests), its group (invites) and the
+//! devices it has met (members). A node without a mesh (an embedding app that never started
 //! one, or the tests) answers what is true of it: static peers from the settings, never
-//! connected; one member, this device; invites refused with `sync_unavailable`. The audit log is
-//! empty until access control arrives. The shapes are the same either way.
+//! connected; one member, this device; invites refused with `sync_unavailable`. The shapes are
+//! the same either way. Invites created are audited; the audit log itself is in `audit.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -13,14 +13,13 @@ use axum::Json;
 use meshsync_core::hlc::rfc3339_from_ms;
 use meshsync_node::config::check_peer_addr;
 use meshsync_node::mesh::{Mesh, PeerInfo};
-use meshsync_node::DeviceId;
+use meshsync_node::{audit, DeviceId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::docs::{
-    AuditLog, Errors, Invite, MemberList, Paused, PeerDocument, PeerList, PeerRemoved, PeerTest, Reconnecting,
-    SyncState,
+    Errors, Invite, MemberList, Paused, PeerDocument, PeerList, PeerRemoved, PeerTest, Reconnecting, SyncState,
 };
 use crate::extract::{blocking, clip, ApiPath, JsonBody};
 use crate::system::update_config;
@@ -416,6 +415,7 @@ pub(crate) async fn create_invite(
     };
     let ttl_s = body.ttl_s.unwrap_or(INVITE_TTL_S_DEFAULT);
     let include_addrs = body.addrs.unwrap_or(true);
+    let node = state.node().clone();
     // Reads the network interfaces and renders the QR code: off the async threads.
     let (code, expires_ms, qr_svg) = blocking(move || {
         let (code, expires_ms) = mesh.invite_with(ttl_s, include_addrs);
@@ -423,15 +423,26 @@ pub(crate) async fn create_invite(
         Ok((code, expires_ms, qr_svg))
     })
     .await?;
+    let role = body.role.as_deref().unwrap_or("writer");
+    let uses = body.uses.unwrap_or(1);
+    // Never the code: it carries the group key.
+    node.audit(
+        audit::INVITE_CREATED,
+        None,
+        json!({
+            "role": role, "scopes": body.scopes, "uses": uses, "expires_at": rfc3339_from_ms(expires_ms),
+            "addrs": include_addrs,
+        }),
+    );
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "code": code,
             "expires_at": rfc3339_from_ms(expires_ms),
             "qr_svg": qr_svg,
-            "role": body.role.as_deref().unwrap_or("writer"),
+            "role": role,
             "scopes": body.scopes,
-            "uses": body.uses.unwrap_or(1),
+            "uses": uses,
         })),
     ))
 }
@@ -508,13 +519,4 @@ pub(crate) async fn revoke_member(
         }
     }
     Err(ApiError::NotFound(format!("device {device} is not a member of this group")))
-}
-
-/// The audit log: joins, revocations, refused connections and writes, sync sessions.
-#[utoipa::path(
-    get, path = "/v1/audit", tag = "group",
-    responses((status = 200, description = "Audit entries, newest first", body = AuditLog), Errors)
-)]
-pub(crate) async fn audit() -> Json<Value> {
-    Json(json!({"entries": []}))
 }

@@ -101,6 +101,8 @@ pub struct AuditBroken {
     pub seq: u64,
     /// What is wrong, in words.
     pub reason: String,
+    /// Entries that verified before it.
+    pub verified: u64,
 }
 
 /// The hash of one entry: SHA-256 over, in order,
@@ -285,7 +287,15 @@ pub(crate) fn insert(conn: &Connection, head: &mut ChainHead, at_ms: u64, entry:
     conn.prepare_cached(
         "INSERT INTO audit (seq, at_ms, kind, device, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![seq as i64, at_ms as i64, entry.kind, entry.device, entry.detail, &head.hash[..], &hash[..]])?;
+    .execute(params![
+        seq as i64,
+        at_ms as i64,
+        entry.kind,
+        entry.device,
+        entry.detail,
+        &head.hash[..],
+        &hash[..]
+    ])?;
     head.seq = seq;
     head.hash = hash;
     Ok(seq)
@@ -353,13 +363,13 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AuditEntry> {
 fn text_bytes<'a>(value: ValueRef<'a>, column: &str, seq: u64) -> Result<&'a [u8], AuditBroken> {
     match value {
         ValueRef::Text(bytes) => Ok(bytes),
-        _ => Err(AuditBroken { seq, reason: format!("its {column} is not text") }),
+        _ => Err(AuditBroken { seq, reason: format!("its {column} is not text"), verified: 0 }),
     }
 }
 
 /// Checks one row against the entry before it (`expected_prev`); returns its hash.
 fn check_row(row: &rusqlite::Row<'_>, seq: u64, expected_prev: Option<[u8; 32]>) -> Result<[u8; 32], CheckError> {
-    let broken = |reason: &str| CheckError::Broken(AuditBroken { seq, reason: reason.into() });
+    let broken = |reason: &str| CheckError::Broken(AuditBroken { seq, reason: reason.into(), verified: 0 });
     let at_ms = match row.get_ref(1)? {
         ValueRef::Integer(n) if n >= 0 => n as u64,
         _ => return Err(broken("its time is not a number of ms")),
@@ -388,6 +398,7 @@ fn check_row(row: &rusqlite::Row<'_>, seq: u64, expected_prev: Option<[u8; 32]>)
                 "its prev is not the hash of entry {}: that entry was changed or replaced",
                 seq.saturating_sub(1)
             ),
+            verified: 0,
         })),
         _ => Ok(hash),
     }
@@ -412,10 +423,18 @@ impl From<AuditBroken> for CheckError {
 
 /// Walks the whole chain, oldest first, one row in memory at a time.
 fn verify(conn: &Connection) -> Result<Result<AuditCheck, AuditBroken>, StoreError> {
+    let mut check = AuditCheck { entries: 0, head: AUDIT_GENESIS, first: None, last: None, anchor: AUDIT_GENESIS };
+    Ok(match walk(conn, &mut check)? {
+        Ok(()) => Ok(check),
+        Err(broken) => Err(AuditBroken { verified: check.entries, ..broken }),
+    })
+}
+
+/// The walk of [`verify`], filling `check` as far as the chain holds.
+fn walk(conn: &Connection, check: &mut AuditCheck) -> Result<Result<(), AuditBroken>, StoreError> {
     let meta = read_meta(conn)?;
     let mut stmt = conn.prepare("SELECT seq, at_ms, kind, device, detail, prev, hash FROM audit ORDER BY seq")?;
     let mut rows = stmt.query([])?;
-    let mut check = AuditCheck { entries: 0, head: AUDIT_GENESIS, first: None, last: None, anchor: AUDIT_GENESIS };
     let mut expected_seq = meta.floor;
     while let Some(row) = rows.next()? {
         let seq = row.get::<_, i64>(0)?;
@@ -423,8 +442,7 @@ fn verify(conn: &Connection) -> Result<Result<AuditCheck, AuditBroken>, StoreErr
         if seq != expected_seq {
             let reason = match (check.last, seq > expected_seq) {
                 (None, true) => format!(
-                    "the log starts at entry {} but should start at {expected_seq}: the oldest entries were removed",
-                    seq
+                    "the log starts at entry {seq} but should start at {expected_seq}: the oldest entries were removed"
                 ),
                 (None, false) => format!(
                     "the log should start at entry {expected_seq}, but holds entry {seq}: entries were added or \
@@ -432,7 +450,7 @@ fn verify(conn: &Connection) -> Result<Result<AuditCheck, AuditBroken>, StoreErr
                 ),
                 (Some(last), _) => format!("entry {expected_seq} is missing: entry {last} is followed by {seq}"),
             };
-            return Ok(Err(AuditBroken { seq: expected_seq.min(seq.max(1)), reason }));
+            return Ok(Err(AuditBroken { seq: expected_seq.min(seq.max(1)), reason, verified: 0 }));
         }
         // The oldest entry kept is the anchor: only entry 1 has a known prev.
         let expected_prev = match check.last {
@@ -465,21 +483,23 @@ fn verify(conn: &Connection) -> Result<Result<AuditCheck, AuditBroken>, StoreErr
         } else {
             format!("entries {} to {} (the newest the store wrote) are missing", last + 1, meta.seq)
         };
-        return Ok(Err(AuditBroken { seq: last + 1, reason }));
+        return Ok(Err(AuditBroken { seq: last + 1, reason, verified: 0 }));
     }
     if meta.seq < last {
         return Ok(Err(AuditBroken {
             seq: meta.seq + 1,
-            reason: format!("entries after {} were not written by the store (it last wrote {})", meta.seq, meta.seq),
+            reason: format!("entries after {}, the newest the store wrote, were added behind its back", meta.seq),
+            verified: 0,
         }));
     }
     if check.last.is_some() && meta.head != check.head {
         return Ok(Err(AuditBroken {
             seq: last,
             reason: "the newest entry is not the one the store wrote: it was replaced".into(),
+            verified: 0,
         }));
     }
-    Ok(Ok(check))
+    Ok(Ok(()))
 }
 
 impl Store {

@@ -29,13 +29,13 @@ pub(crate) enum WriteReply {
     Many(Reply<Vec<WriteOutcome>>),
 }
 
+/// What the writer is asked to do. An `Audit` entry comes after `dropped` fire-and-forget entries
+/// were lost to a full queue (it reports them first); without a reply nobody waits for it.
 pub(crate) enum Request {
     Write { writes: Vec<LocalWrite>, reply: WriteReply },
     Remote { batch: RemoteBatch, reply: Reply<ApplyOutcome> },
     VersionVector { reply: Reply<VersionVector> },
     SavePeer { device: DeviceId, doc: Option<String>, reply: Reply<()> },
-    /// An audit entry; `dropped` fire-and-forget entries were lost before it (reported first).
-    /// Without a reply, nobody waits for the commit.
     Audit { entry: NewEntry, dropped: u64, reply: Option<Reply<u64>> },
 }
 

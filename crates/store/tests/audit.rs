@@ -153,7 +153,7 @@ fn a_changed_detail_is_found_at_its_entry() {
     fx.fill(10);
     fx.raw().execute("UPDATE audit SET detail = '{\"i\":99}' WHERE seq = 6", []).unwrap();
     let broken = fx.broken();
-    assert_eq!(broken.seq, 6, "{broken}");
+    assert_eq!((broken.seq, broken.verified), (6, 5), "{broken}");
     assert!(broken.reason.contains("changed"), "{broken}");
     // The page still shows the damaged entry as it is.
     assert_eq!(fx.store.audit_page(Some(7), 1, None).unwrap().entries[0].detail, json!({"i": 99}));
@@ -227,9 +227,7 @@ fn a_rewritten_entry_with_a_recomputed_hash_breaks_the_next_link() {
     fx.fill(10);
     let entry = fx.store.audit_page(Some(6), 1, None).unwrap().entries.remove(0);
     let forged = entry_hash(5, entry.at_ms, &entry.kind, entry.device.as_deref(), "{\"i\":0}", &entry.prev);
-    fx.raw()
-        .execute("UPDATE audit SET detail = '{\"i\":0}', hash = ?1 WHERE seq = 5", [&forged[..]])
-        .unwrap();
+    fx.raw().execute("UPDATE audit SET detail = '{\"i\":0}', hash = ?1 WHERE seq = 5", [&forged[..]]).unwrap();
     let broken = fx.broken();
     assert_eq!(broken.seq, 6, "{broken}");
     assert!(broken.reason.contains("entry 5"), "{broken}");
@@ -349,10 +347,8 @@ fn the_sqlite_recipe_in_the_docs_recomputes_every_hash() {
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 5);
     for (seq, hash, preimage) in rows {
-        let bytes: Vec<u8> = (0..preimage.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&preimage[i..i + 2], 16).unwrap())
-            .collect();
+        let bytes: Vec<u8> =
+            (0..preimage.len()).step_by(2).map(|i| u8::from_str_radix(&preimage[i..i + 2], 16).unwrap()).collect();
         let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, hash, "entry {seq}");
