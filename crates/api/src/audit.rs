@@ -150,17 +150,11 @@ impl Refusals {
 /// [`REFUSAL_INTERVAL`]. `value` is the refused host or origin (never a token).
 pub(crate) fn record_refusal(state: &ApiState, refusal: Refusal, method: &str, path: &str, value: Option<&str>) {
     let Some(count) = state.shared.refusals.count(refusal, Instant::now()) else { return };
-    state.node().audit(
-        audit::API_REFUSED,
-        None,
-        json!({
-            "reason": refusal.name(),
-            "method": clip(method),
-            "path": clip(path),
-            "value": value.map(clip),
-            "count": count,
-        }),
-    );
+    let mut detail = json!({"reason": refusal.name(), "method": clip(method), "path": clip(path), "count": count});
+    if let Some(value) = value {
+        detail["value"] = json!(clip(value));
+    }
+    state.node().audit(audit::API_REFUSED, None, detail);
 }
 
 #[cfg(test)]

@@ -415,25 +415,25 @@ pub(crate) async fn create_invite(
     };
     let ttl_s = body.ttl_s.unwrap_or(INVITE_TTL_S_DEFAULT);
     let include_addrs = body.addrs.unwrap_or(true);
+    let role = body.role.clone().unwrap_or_else(|| "writer".into());
+    let uses = body.uses.unwrap_or(1);
     let node = state.node().clone();
-    // Reads the network interfaces and renders the QR code: off the async threads.
+    let scopes = body.scopes.clone();
+    // Reads the network interfaces, renders the QR code and waits for the audit entry's commit:
+    // off the async threads.
     let (code, expires_ms, qr_svg) = blocking(move || {
         let (code, expires_ms) = mesh.invite_with(ttl_s, include_addrs);
         let qr_svg = qr_svg(&code)?;
+        // Recorded before the code is handed out; never the code itself: it carries the group key.
+        let detail = json!({
+            "role": role, "scopes": scopes, "uses": uses, "expires_at": rfc3339_from_ms(expires_ms),
+            "addrs": include_addrs,
+        });
+        node.audit_wait(audit::INVITE_CREATED, None, detail)?;
         Ok((code, expires_ms, qr_svg))
     })
     .await?;
     let role = body.role.as_deref().unwrap_or("writer");
-    let uses = body.uses.unwrap_or(1);
-    // Never the code: it carries the group key.
-    node.audit(
-        audit::INVITE_CREATED,
-        None,
-        json!({
-            "role": role, "scopes": body.scopes, "uses": uses, "expires_at": rfc3339_from_ms(expires_ms),
-            "addrs": include_addrs,
-        }),
-    );
     Ok((
         StatusCode::CREATED,
         Json(json!({

@@ -73,8 +73,9 @@ pub const SESSION_ENDED: &str = "session.ended";
 /// The local API refused requests with a foreign `Host` or `Origin` or a wrong token. At most
 /// one entry per reason per hour: the first refusal is recorded at once, later ones are counted
 /// into the next entry. Device: none. Detail: `{"reason"` (`host`, `origin` or `token`),
-/// `"method", "path", "value"` (the refused host or origin; never a token), `"count"}` (refusals
-/// this entry stands for: itself and those since the previous entry of that reason).
+/// `"method", "path", "value"` (the refused host or origin; absent for a token, which is never
+/// recorded), `"count"}` (refusals this entry stands for: itself and those since the previous
+/// entry of that reason).
 pub const API_REFUSED: &str = "api.refused";
 
 /// Entries were lost because the store's write queue was full when they were queued (see

@@ -443,6 +443,18 @@ impl Node {
         }
     }
 
+    /// Records an entry in the audit log and waits until it is durable; returns its seq. For rare
+    /// events whose entry should exist before the caller answers (an invite handed out). Blocks:
+    /// call it off async threads. `kind` and `detail` are clamped as with [`Node::audit`].
+    pub fn audit_wait(
+        &self,
+        kind: &str,
+        device: Option<DeviceId>,
+        detail: serde_json::Value,
+    ) -> Result<u64, NodeError> {
+        Ok(self.inner.store.audit_append(kind, device, detail)?)
+    }
+
     /// A page of the audit log, newest first: entries older than `before` (a seq; `None`: from
     /// the newest), at most `limit` (0 means [`AUDIT_PAGE_DEFAULT`]; at most [`AUDIT_PAGE_MAX`]),
     /// whose kind starts with `kind_prefix` (e.g. `member.`). Pass the page's `next` as `before`
