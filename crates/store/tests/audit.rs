@@ -1,7 +1,8 @@
 //! The audit log through the store's public API: appends in order, pages and cursors, the kind
 //! filter, the hash chain and every way of tampering with it through raw SQLite (a changed
 //! detail, a deleted or reordered entry, a rewritten hash, entries cut from either end),
-//! pruning that stays verifiable, clamping, and entries that outlive a restart.
+//! pruning that stays verifiable, clamping, entries that outlive a restart or that a full queue
+//! dropped, and the by-hand recipe of docs/api.md.
 
 use meshsync_core::DeviceId;
 use meshsync_store::{
@@ -330,28 +331,29 @@ fn oversized_kinds_and_details_are_clamped_with_a_marker() {
 
 #[test]
 fn the_sqlite_recipe_in_the_docs_recomputes_every_hash() {
-    // The same expression as in docs/api.md ("Audit log"): keep them in step.
-    const PREIMAGE: &str = "SELECT seq, lower(hex(hash)),
-        '00000011' || hex('meshsync-audit-v1') || printf('%016x%016x', seq, at_ms)
-        || printf('%08x', length(CAST(kind AS BLOB))) || hex(kind)
-        || CASE WHEN device IS NULL THEN '00'
-           ELSE '01' || printf('%08x', length(CAST(device AS BLOB))) || hex(device) END
-        || printf('%08x', length(CAST(detail AS BLOB))) || hex(detail) || hex(prev)
-      FROM audit ORDER BY seq";
+    // The query of docs/api.md ("To check by hand"), taken from the page itself so the two
+    // cannot drift apart: it must rebuild the exact bytes `entry_hash` hashes.
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.md")).unwrap();
+    let start = docs.find("\"SELECT seq, lower(hex(prev))").expect("the recipe's query in docs/api.md") + 1;
+    let end = start + docs[start..].find("ORDER BY seq\"").unwrap() + "ORDER BY seq".len();
+    let query = &docs[start..end];
     let fx = Fixture::new();
     fx.fill(4);
     fx.store.audit_append("group.joined", None, json!({"name": "caisse \"é\" ☕"})).unwrap();
     let raw = fx.raw();
-    let mut stmt = raw.prepare(PREIMAGE).unwrap();
-    let rows: Vec<(i64, String, String)> =
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).unwrap().map(Result::unwrap).collect();
+    let mut stmt = raw.prepare(query).unwrap();
+    let rows: Vec<(i64, String, String, String)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect();
     assert_eq!(rows.len(), 5);
-    for (seq, hash, preimage) in rows {
+    let mut last = "0".repeat(64);
+    for (seq, prev, hash, preimage) in rows {
+        assert_eq!(prev, last, "entry {seq} links to the one before");
         let bytes: Vec<u8> =
             (0..preimage.len()).step_by(2).map(|i| u8::from_str_radix(&preimage[i..i + 2], 16).unwrap()).collect();
         let digest = <sha2::Sha256 as sha2::Digest>::digest(&bytes);
         let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, hash, "entry {seq}");
+        last = hash;
     }
 }
 
