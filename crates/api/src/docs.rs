@@ -503,19 +503,52 @@ pub(crate) struct MemberList {
     members: Vec<Member>,
 }
 
-/// One audit entry.
+/// One audit entry, a link of the hash chain.
 #[derive(ToSchema)]
 pub(crate) struct AuditEntry {
+    /// Position in the log: 1, 2, ... without gaps.
+    seq: u64,
+    /// When it was recorded, RFC 3339.
     at: String,
+    /// What happened, `family.event`: `group.created`, `group.joined`, `invite.created`,
+    /// `invite.used`, `invite.refused`, `member.admitted`, `member.revoked`,
+    /// `connection.refused`, `write.rejected`, `clock.skew`, `session.started`,
+    /// `session.ended`, `api.refused`, `audit.dropped`.
     kind: String,
+    /// The device it concerns, if any.
     device: Option<String>,
+    /// Details, a JSON object whose keys depend on the kind (see docs/api.md).
     detail: serde_json::Value,
+    /// SHA-256 of this entry's fields and `prev` (64 hex digits; docs/api.md gives the bytes).
+    hash: String,
+    /// The `hash` of the entry before (64 zeros before entry 1).
+    prev: String,
 }
 
-/// The audit log, newest first.
+/// The check of the audit log's hash chain.
+#[derive(ToSchema)]
+pub(crate) struct AuditChain {
+    /// Whether every link holds, from the oldest entry kept to the newest.
+    ok: bool,
+    /// Entries that verified: all of them when `ok`, else those before `broken_at`.
+    entries: u64,
+    /// The newest entry's hash when `ok` (note it elsewhere to detect a rewrite of the whole
+    /// log later); null when broken.
+    head: Option<String>,
+    /// The first entry missing, changed or out of place; null when `ok`.
+    broken_at: Option<u64>,
+    /// What is wrong there; null when `ok`.
+    reason: Option<String>,
+}
+
+/// A page of the audit log, newest first.
 #[derive(ToSchema)]
 pub(crate) struct AuditLog {
     entries: Vec<AuditEntry>,
+    /// Pass as `?before=` for the next (older) page; null on the last page.
+    next: Option<u64>,
+    /// The chain check with `?verify=true`; null without.
+    chain: Option<AuditChain>,
 }
 
 /// An invite. `role`, `scopes` and `uses` are echoed from the request and not enforced yet;

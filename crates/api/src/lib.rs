@@ -30,11 +30,14 @@
 //! - `system`: status, settings, metrics and the OpenAPI document.
 //! - `dashboard`: the dashboard page and its scripts, embedded from `crates/api/dashboard/`, with
 //!   their security headers (Content-Security-Policy).
-//! - `peers`: peers, sync, invites, members and audit, from the node's mesh when it runs (and
-//!   what a node without one can say when it does not).
+//! - `peers`: peers, sync, invites and members, from the node's mesh when it runs (and what a
+//!   node without one can say when it does not).
+//! - `audit`: `GET /v1/audit` (the audit log, its cursor, filter and chain check), and the
+//!   rate-limited record of the guard's refusals.
 //! - `metrics`: the Prometheus registry and the per-route middleware.
 //! - `docs`: the OpenAPI document's frame and the types that only describe responses.
 
+mod audit;
 mod dashboard;
 mod docs;
 mod error;
@@ -99,6 +102,8 @@ struct Shared {
     shutdown: watch::Sender<bool>,
     /// Serializes read-modify-write of the settings, so two concurrent updates cannot lose one.
     config_update: tokio::sync::Mutex<()>,
+    /// When the guard's refusals were last audited, per reason.
+    refusals: audit::Refusals,
 }
 
 impl ApiState {
@@ -121,6 +126,7 @@ impl ApiState {
                 reads: Arc::new(Semaphore::new(STORE_READS_MAX)),
                 shutdown,
                 config_update: tokio::sync::Mutex::new(()),
+                refusals: audit::Refusals::default(),
             }),
         }
     }
@@ -209,7 +215,7 @@ fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(peers::create_invite))
         .routes(routes!(peers::list_members))
         .routes(routes!(peers::revoke_member))
-        .routes(routes!(peers::audit))
+        .routes(routes!(audit::audit_log))
 }
 
 /// The OpenAPI document of this API, as served at `/v1/openapi.json`.

@@ -1,9 +1,9 @@
-//! Peers, sync, invites, members and audit. When the node runs a mesh, these answer from it: its
-//! peer table, its links (pause, resume, reconnect, connection tests), its group (invites) and
-//! the devices it has met (members). A node without a mesh (an embedding app that never started
+//! Peers, sync, invites and members. When the node runs a mesh, these answer from it: its peer
+//! table, its links (pause, resume, reconnect, connection tests), its group (invites) and the
+//! devices it has met (members). A node without a mesh (an embedding app that never started
 //! one, or the tests) answers what is true of it: static peers from the settings, never
-//! connected; one member, this device; invites refused with `sync_unavailable`. The audit log is
-//! empty until access control arrives. The shapes are the same either way.
+//! connected; one member, this device; invites refused with `sync_unavailable`. The shapes are
+//! the same either way. Invites created are audited; the audit log itself is in `audit.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -14,14 +14,13 @@ use meshsync_core::hlc::rfc3339_from_ms;
 use meshsync_node::config::check_peer_addr;
 use meshsync_node::membership::Role;
 use meshsync_node::mesh::{InviteOptions, Mesh, PeerInfo};
-use meshsync_node::DeviceId;
+use meshsync_node::{audit, DeviceId};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::docs::{
-    AuditLog, Errors, Invite, MemberList, Paused, PeerDocument, PeerList, PeerRemoved, PeerTest, Reconnecting,
-    SyncState,
+    Errors, Invite, MemberList, Paused, PeerDocument, PeerList, PeerRemoved, PeerTest, Reconnecting, SyncState,
 };
 use crate::extract::{blocking, clip, ApiPath, JsonBody};
 use crate::system::update_config;
@@ -417,17 +416,22 @@ pub(crate) async fn create_invite(
     };
     let ttl_s = body.ttl_s.unwrap_or(INVITE_TTL_S_DEFAULT);
     let role = body.role.as_deref().map(Role::parse).unwrap_or(Some(Role::Writer)).expect("checked above");
-    let options = InviteOptions {
-        role,
-        scopes: body.scopes.clone(),
-        uses: body.uses.unwrap_or(1),
-        ttl_s,
-        include_addrs: body.addrs.unwrap_or(true),
-    };
-    // Reads the network interfaces, signs, and renders the QR code: off the async threads.
+    let uses = body.uses.unwrap_or(1);
+    let include_addrs = body.addrs.unwrap_or(true);
+    let options = InviteOptions { role, scopes: body.scopes.clone(), uses, ttl_s, include_addrs };
+    let node = state.node().clone();
+    let scopes = body.scopes.clone();
+    // Reads the network interfaces, signs, renders the QR code and waits for the audit entry's
+    // commit: off the async threads.
     let (code, expires_ms, qr_svg) = blocking(move || {
         let (code, expires_ms) = mesh.create_invite(&options)?;
         let qr_svg = qr_svg(&code)?;
+        // Recorded before the code is handed out; never the code itself: it carries the group key.
+        let detail = json!({
+            "role": role.name(), "scopes": scopes, "uses": uses, "expires_at": rfc3339_from_ms(expires_ms),
+            "addrs": include_addrs,
+        });
+        node.audit_wait(audit::INVITE_CREATED, None, detail)?;
         Ok((code, expires_ms, qr_svg))
     })
     .await?;
@@ -439,7 +443,7 @@ pub(crate) async fn create_invite(
             "qr_svg": qr_svg,
             "role": role.name(),
             "scopes": body.scopes,
-            "uses": body.uses.unwrap_or(1),
+            "uses": uses,
         })),
     ))
 }
@@ -539,13 +543,4 @@ pub(crate) async fn revoke_member(
         "revoked": true,
         "revoked_after_seq": revocation.after_seq,
     })))
-}
-
-/// The audit log: joins, revocations, refused connections and writes, sync sessions.
-#[utoipa::path(
-    get, path = "/v1/audit", tag = "group",
-    responses((status = 200, description = "Audit entries, newest first", body = AuditLog), Errors)
-)]
-pub(crate) async fn audit() -> Json<Value> {
-    Json(json!({"entries": []}))
 }

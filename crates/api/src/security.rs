@@ -5,6 +5,7 @@
 //!    WebSocket and the dashboard link), compared in constant time.
 //!
 //! Only origins listed in `api_allowed_origins` get CORS headers; every other origin gets none.
+//! Refusals of a foreign host or origin, or of a wrong token, are audited (see `audit.rs`).
 //! Also here: the token file in the data dir.
 
 use std::io::Write;
@@ -18,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use rand::RngCore;
 use subtle::ConstantTimeEq;
 
+use crate::audit::{record_refusal, Refusal};
 use crate::extract::TOKEN_PARAM;
 use crate::{ApiError, ApiState};
 
@@ -83,7 +85,15 @@ pub fn load_or_create_token(data_dir: &Path) -> std::io::Result<String> {
 pub(crate) async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let cors_origin = match check_host_and_origin(&state, request.headers(), request.uri()) {
         Ok(cors_origin) => cors_origin,
-        Err((reason, error)) => return reject(&state, reason, error),
+        Err((reason, error)) => {
+            let (refusal, value) = match &error {
+                ApiError::ForbiddenHost(host) => (Refusal::Host, host.as_str()),
+                ApiError::ForbiddenOrigin(origin) => (Refusal::Origin, origin.as_str()),
+                _ => unreachable!("host and origin checks refuse only with these"),
+            };
+            record_refusal(&state, refusal, request.method().as_str(), request.uri().path(), Some(value));
+            return reject(&state, reason, error);
+        }
     };
 
     // A CORS preflight carries no credentials; answer it for configured origins only.
@@ -104,6 +114,9 @@ pub(crate) async fn guard(State(state): State<ApiState>, request: Request, next:
         && (PUBLIC_PATHS.contains(&path) || path.starts_with(PUBLIC_PREFIX));
     if !public {
         if let Err(e) = check_token(&request, &state.shared.token) {
+            if matches!(e, ApiError::Unauthorized(WRONG_TOKEN)) {
+                record_refusal(&state, Refusal::Token, request.method().as_str(), path, None);
+            }
             return reject(&state, "token", e);
         }
     }
@@ -242,11 +255,12 @@ fn check_token(request: &Request, token: &str) -> Result<(), ApiError> {
     if presented.as_bytes().ct_eq(token.as_bytes()).into() {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized("wrong token; it is in <data-dir>/api-token"))
+        Err(ApiError::Unauthorized(WRONG_TOKEN))
     }
 }
 
 const MISSING: &str = "send Authorization: Bearer <token>; the token is in <data-dir>/api-token";
+const WRONG_TOKEN: &str = "wrong token; it is in <data-dir>/api-token";
 
 fn query_token(request: &Request) -> Option<String> {
     let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri()).ok()?.0;

@@ -109,6 +109,24 @@ async fn two_nodes_sync_through_the_api() {
     let group = a.node.group().unwrap().unwrap().id_text();
     assert_eq!((&a_status["group_id"], &b_status["group_id"]), (&json!(group), &json!(group)));
 
+    // The audit logs: A created the group and the invite (never the code), B joined through A.
+    // A version-vector request returns after the commit of the audit entries queued before it.
+    a.node.store().version_vector().unwrap();
+    b.node.store().version_vector().unwrap();
+    let a_audit = assert_documented(&a, &document, "/v1/audit").await;
+    let kinds = |page: &Value| -> Vec<String> {
+        page["entries"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+    };
+    assert!(kinds(&a_audit).ends_with(&["invite.created".to_string(), "group.created".to_string()]), "{a_audit}");
+    let invited = a_audit["entries"].as_array().unwrap().iter().find(|e| e["kind"] == "invite.created").unwrap();
+    assert_eq!((&invited["detail"]["role"], &invited["detail"]["uses"]), (&json!("writer"), &json!(1)));
+    assert!(!a_audit.to_string().contains(&code[5..25]), "the invite code stays out of the log");
+    let (_, b_audit) = b.get("/v1/audit?kind=group.&verify=true").await;
+    assert_eq!(kinds(&b_audit), vec!["group.joined"], "{b_audit}");
+    assert_eq!(b_audit["entries"][0]["device"], a_id);
+    assert_eq!(b_audit["entries"][0]["detail"]["group"], group);
+    assert_eq!(b_audit["chain"]["ok"], true);
+
     let on_b = peer(&b, &a_id).await.unwrap();
     assert_eq!(on_b["name"], "till-1");
     assert!(on_b["sources"].as_array().unwrap().iter().any(|s| s == "saved" || s == "invite"), "{on_b}");

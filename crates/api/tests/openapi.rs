@@ -148,6 +148,7 @@ async fn responses_have_the_documented_fields() {
     let fx = Fixture::new();
     let _other = make_conflict(&fx);
     fx.call(Method::POST, "/v1/peers", Some(json!({"addr": "192.168.1.20:7710"}))).await;
+    fx.node.store().audit_append("session.ended", Some(fx.node.device_id()), json!({"received": 1})).unwrap();
     let document = serde_json::to_value(meshsync_api::openapi()).unwrap();
     let calls: Vec<(Method, &str, &str, Option<Value>, &str)> = vec![
         (Method::PUT, "/v1/c/products/coffee", "/v1/c/{collection}/{id}", Some(json!({"name": "Coffee"})), "200"),
@@ -167,6 +168,7 @@ async fn responses_have_the_documented_fields() {
         (Method::POST, "/v1/sync/reconnect", "/v1/sync/reconnect", None, "202"),
         (Method::GET, "/v1/members", "/v1/members", None, "200"),
         (Method::GET, "/v1/audit", "/v1/audit", None, "200"),
+        (Method::GET, "/v1/audit?verify=true", "/v1/audit", None, "200"),
         (Method::DELETE, "/v1/c/products/coffee", "/v1/c/{collection}/{id}", None, "200"),
         (Method::DELETE, "/v1/peers/192.168.1.20:7710", "/v1/peers/{device}", None, "200"),
         (Method::POST, "/v1/invites", "/v1/invites", Some(json!({})), "409"),

@@ -346,6 +346,7 @@ pub(crate) fn dispatch(command: Command) -> Result<()> {
                 println!("on the new device: meshsync run --join {}", compact(&i["code"]));
             });
         }
+        Command::Audit { limit, kind, before, verify, target } => audit(&target, limit, kind, before, verify)?,
         Command::Revoke { device, target } => {
             let c = Client::new(&target, quick)?;
             let r = c.call("POST", &format!("/v1/members/{}/revoke", segment(&device)), Some(json!({})))?;
@@ -357,6 +358,68 @@ pub(crate) fn dispatch(command: Command) -> Result<()> {
             let r = c.call("POST", "/v1/messages", Some(json!({"to": to, "type": kind, "data": data})))?;
             c.print(&r, |_| println!("sent"));
         }
+    }
+    Ok(())
+}
+
+/// Longest detail shown on one line of `meshsync audit`, in characters.
+const AUDIT_DETAIL_CHARS: usize = 100;
+
+/// `meshsync audit`: one line per entry (time, kind, device, detail), then the chain's state
+/// with `--verify`; an error (exit 1) when the chain is broken, with `--json` too.
+fn audit(target: &Target, limit: u32, kind: Option<String>, before: Option<u64>, verify: bool) -> Result<()> {
+    let c = Client::new(target, Some(Duration::from_secs(60)))?;
+    let mut query = vec![format!("limit={limit}")];
+    if let Some(kind) = &kind {
+        query.push(format!("kind={}", segment(kind)));
+    }
+    if let Some(before) = before {
+        query.push(format!("before={before}"));
+    }
+    if verify {
+        query.push("verify=true".into());
+    }
+    let page = c.call("GET", &format!("/v1/audit?{}", query.join("&")), None)?;
+    c.print(&page, |page| {
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        if entries.is_empty() {
+            println!("no audit entries{}", kind.as_ref().map(|k| format!(" of kind {k}*")).unwrap_or_default());
+        }
+        let width = entries.iter().filter_map(|e| e["kind"].as_str()).map(str::len).max().unwrap_or(0);
+        for entry in &entries {
+            let device = entry["device"].as_str().map(|d| d.split('-').next().unwrap_or(d)).unwrap_or("-");
+            let detail = compact(&entry["detail"]);
+            let detail = if detail.chars().count() > AUDIT_DETAIL_CHARS {
+                format!("{}…", detail.chars().take(AUDIT_DETAIL_CHARS - 1).collect::<String>())
+            } else {
+                detail
+            };
+            println!(
+                "{:>6}  {}  {:width$}  {:9}  {detail}",
+                entry["seq"].as_u64().unwrap_or(0),
+                entry["at"].as_str().unwrap_or("?"),
+                entry["kind"].as_str().unwrap_or("?"),
+                device,
+            );
+        }
+        if let Some(next) = page["next"].as_u64() {
+            println!("(older entries: meshsync audit --before {next})");
+        }
+        let chain = &page["chain"];
+        if chain["ok"] == true {
+            let head = chain["head"].as_str().unwrap_or("");
+            println!("chain ok: {} entries, head {head}", chain["entries"]);
+        } else if chain["ok"] == false {
+            println!(
+                "chain BROKEN at entry {}: {} ({} entries before it verified)",
+                chain["broken_at"],
+                chain["reason"].as_str().unwrap_or("?"),
+                chain["entries"]
+            );
+        }
+    });
+    if page["chain"]["ok"] == false {
+        bail!("the audit log's hash chain is broken at entry {}", page["chain"]["broken_at"]);
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! The `meshsync` binary: `run` a node, talk to a running node (`status`, `put`, `get`, `list`,
-//! `incr`, `delete`, `watch`, `conflicts`, ...), `demo`, three nodes syncing on loopback, and
+//! `incr`, `delete`, `watch`, `conflicts`, `audit`, ...), `demo`, three nodes syncing on loopback, and
 //! `rendezvous`, the phone book service. `anyhow` lives here and nowhere else.
 //!
 //! # Layout
@@ -191,6 +191,24 @@ enum Command {
         /// discovery (mDNS, beacon, rendezvous).
         #[arg(long)]
         no_addrs: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show the audit log, newest first: joins, invites, refused connections and writes, sync
+    /// sessions. `--verify` also checks its hash chain (and fails if it is broken).
+    Audit {
+        /// How many entries (1-1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only entries whose kind starts with this, e.g. `connection.` or `member.revoked`.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only entries older than this seq (the hint under a page gives it).
+        #[arg(long)]
+        before: Option<u64>,
+        /// Check the hash chain from the oldest entry to the newest; exit 1 if it is broken.
+        #[arg(long)]
+        verify: bool,
         #[command(flatten)]
         target: Target,
     },

@@ -1,6 +1,6 @@
 //! The real `meshsync` binary: `run` as a child process on loopback, client commands against
-//! it, a clean shutdown on SIGTERM that keeps every acknowledged write, and the errors a user
-//! sees for a port in use, a bad config file and bad arguments.
+//! it, a clean shutdown on SIGTERM that keeps every acknowledged write, the audit log and its
+//! check, and the errors a user sees for a port in use, a bad config file and bad arguments.
 
 mod common;
 
@@ -51,6 +51,35 @@ fn run_write_read_and_stop_cleanly() {
     assert!(ok);
     let page: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(page["records"].as_array().unwrap().len(), 50);
+}
+
+#[test]
+fn the_audit_log_shows_what_happened_and_a_broken_chain_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start(dir.path(), &[]);
+    assert!(client(&node, dir.path(), &["invite", "--role", "reader"]).0);
+    let (ok, out, err) = client(&node, dir.path(), &["audit", "--verify"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("invite.created") && lines[0].contains(r#""role":"reader""#), "{out}");
+    assert!(lines[1].contains("group.created"), "{out}");
+    assert!(lines[2].starts_with("chain ok: 2 entries, head "), "{out}");
+    let page = common::json(&node, &["audit", "--kind", "group.", "--limit", "1"]);
+    assert_eq!(page["entries"][0]["seq"], 1);
+    assert_eq!((&page["next"], &page["chain"]), (&serde_json::Value::Null, &serde_json::Value::Null));
+    let (ok, _, err) = client(&node, dir.path(), &["audit", "--limit", "0"]);
+    assert!(!ok && err.contains("limit") && err.contains("bad_query"), "{err}");
+
+    // Change the first entry while the node is stopped: the check names it and exits 1.
+    assert!(sigterm(&mut node));
+    let db = rusqlite::Connection::open(dir.path().join("meshsync.db")).unwrap();
+    db.execute("UPDATE audit SET detail = '{}' WHERE seq = 1", []).unwrap();
+    drop(db);
+    let node = start(dir.path(), &[]);
+    let (ok, out, err) = client(&node, dir.path(), &["audit", "--verify"]);
+    assert!(!ok, "a broken chain fails the command: {out}");
+    assert!(out.contains("chain BROKEN at entry 1"), "{out}");
+    assert!(err.contains("broken at entry 1"), "{err}");
 }
 
 #[test]

@@ -20,9 +20,11 @@
 //!
 //! # Layout
 //! - `lib.rs`: [`Node`], its options and errors.
+//! - [`audit`]: the kinds of audit entries and what each records; [`Node::audit`] appends them.
 //! - `identity`: the device id kept in the data dir.
 //! - `json`: conversions between the app's JSON and the core's values, and the record document.
 
+pub mod audit;
 pub mod config;
 pub mod discovery;
 pub mod group;
@@ -37,13 +39,16 @@ use std::sync::Arc;
 use meshsync_core::{name, Op};
 pub use meshsync_core::{DeviceId, Hlc, Policy, Schema, Value, VersionVector};
 pub use meshsync_store::{
-    ConflictDoc as Conflict, ConflictSide, Durability, ListPage, RecordDoc as Record, StoreEvent, LIST_LIMIT_MAX,
+    AuditBroken, AuditCheck, AuditEntry, AuditPage, ConflictDoc as Conflict, ConflictSide, Durability, ListPage,
+    RecordDoc as Record, StoreEvent, AUDIT_PAGE_MAX, LIST_LIMIT_MAX,
 };
 use meshsync_store::{LocalWrite, Store, StoreError, StoreOptions};
 use tokio::sync::broadcast;
 
 pub use json::{conflict_json, fields_from_json, record_json};
 
+/// Audit entries per page when the caller names no limit.
+pub const AUDIT_PAGE_DEFAULT: usize = 100;
 /// Events buffered per subscriber before it starts to lag (and should resume from its cursor).
 pub const EVENT_BUFFER: usize = 4096;
 /// File name of the database inside the data dir.
@@ -445,6 +450,57 @@ impl Node {
         Ok(message)
     }
 
+    /// Records an entry in the audit log (`kind`: one of [`audit`]'s constants). Fire and forget:
+    /// queues it for the store's next group commit and returns at once, never waiting for the
+    /// commit or for room in the write queue, so it is safe on async threads and hot paths. It
+    /// cannot fail the caller: a kind or detail over the limits is clamped, and an entry that
+    /// cannot be queued (the queue is full, the store closed) is logged as a warning; the store
+    /// counts entries lost to a full queue in the log itself ([`audit::DROPPED`]).
+    pub fn audit(&self, kind: &str, device: Option<DeviceId>, detail: serde_json::Value) {
+        match self.inner.store.audit_append_nowait(kind, device, detail) {
+            Ok(()) => {}
+            Err(StoreError::Closed) => tracing::debug!(kind, "audit entry after the store closed: not recorded"),
+            Err(e) => tracing::warn!(kind, error = %e, "audit entry not recorded"),
+        }
+    }
+
+    /// Records an entry in the audit log and waits until it is durable; returns its seq. For rare
+    /// events whose entry should exist before the caller answers (an invite handed out). Blocks:
+    /// call it off async threads. `kind` and `detail` are clamped as with [`Node::audit`].
+    pub fn audit_wait(
+        &self,
+        kind: &str,
+        device: Option<DeviceId>,
+        detail: serde_json::Value,
+    ) -> Result<u64, NodeError> {
+        Ok(self.inner.store.audit_append(kind, device, detail)?)
+    }
+
+    /// A page of the audit log, newest first: entries older than `before` (a seq; `None`: from
+    /// the newest), at most `limit` (0 means [`AUDIT_PAGE_DEFAULT`]; at most [`AUDIT_PAGE_MAX`]),
+    /// whose kind starts with `kind_prefix` (e.g. `member.`). Pass the page's `next` as `before`
+    /// for the following page. Reads the store: call it off async threads.
+    pub fn audit_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        kind_prefix: Option<&str>,
+    ) -> Result<AuditPage, NodeError> {
+        let limit = if limit == 0 { AUDIT_PAGE_DEFAULT } else { limit };
+        if limit > AUDIT_PAGE_MAX {
+            return Err(NodeError::Invalid(format!("limit must be at most {AUDIT_PAGE_MAX}")));
+        }
+        Ok(self.inner.store.audit_page(before, limit, kind_prefix)?)
+    }
+
+    /// Checks the audit log's hash chain from its oldest entry to its newest: `Ok(Ok(check))`
+    /// when every link holds, `Ok(Err(broken))` naming the first entry that was changed, removed
+    /// or moved. Reads the whole log (at most 100,000 entries, one at a time): call it off async
+    /// threads, and not per request.
+    pub fn audit_verify(&self) -> Result<Result<AuditCheck, AuditBroken>, NodeError> {
+        Ok(self.inner.store.audit_verify()?)
+    }
+
     /// Publishes an event to subscribers (used by the sync and API layers).
     pub fn publish(&self, event: Event) {
         let _ = self.inner.events.send(event);
@@ -528,7 +584,8 @@ impl Node {
     /// node without a group): then [`Node::check_write`] has nothing to check.
     pub fn may_write_anything(&self) -> bool {
         self.membership().is_none_or(|m| {
-            m.active() && (m.role == membership::Role::Admin || (m.role == membership::Role::Writer && m.scopes.is_empty()))
+            m.active()
+                && (m.role == membership::Role::Admin || (m.role == membership::Role::Writer && m.scopes.is_empty()))
         })
     }
 
@@ -586,7 +643,14 @@ impl Node {
                 )))
             }
             Some(_) => {}
-            None => joined.save(&self.inner.dir)?,
+            None => {
+                joined.save(&self.inner.dir)?;
+                self.audit(
+                    audit::JOIN,
+                    Some(invite.inviter),
+                    serde_json::json!({"group": joined.id_text(), "addrs": invite.addrs}),
+                );
+            }
         }
         // Our own entry, signed with the invite's key: shown to the members we meet, who check
         // the invite (its admin, expiry and uses) and admit us.
@@ -615,6 +679,7 @@ impl Node {
                 let group = group::Group::generate(self.inner.identity.public_key());
                 group.save(&self.inner.dir)?;
                 tracing::info!(group = %group.id_text(), "created a new group");
+                self.audit(audit::GROUP_CREATED, None, serde_json::json!({"group": group.id_text()}));
                 group
             }
         };

@@ -721,8 +721,11 @@ impl Mesh {
             entry.device = Some(device);
             entry.info.device_id = Some(device.to_string());
         }
+        // Where a peer just connected from is where it is now: first. Other sources' addresses
+        // (static, invite, peer exchange) may be stale and queue behind.
+        let fresh = source == "inbound";
         for addr in addrs {
-            entry.add_addr(addr, source, false);
+            entry.add_addr(addr, source, fresh);
         }
         entry.sources.insert(source.to_string());
         drop(table);
@@ -908,6 +911,11 @@ impl Mesh {
         }
         if let Some(entry) = table.iter_mut().find(|e| e.device == Some(found)) {
             entry.info.last_dial = Some(report);
+            // The address that answered goes first.
+            if let Some(i) = entry.info.addrs.iter().position(|a| *a == addr) {
+                let answered = entry.info.addrs.remove(i);
+                entry.info.addrs.insert(0, answered);
+            }
         }
     }
 

@@ -127,3 +127,48 @@ fn the_device_id_survives_restarts() {
         assert_eq!(mode & 0o777, 0o600);
     }
 }
+
+#[test]
+fn audit_entries_are_queued_without_waiting_paged_and_verified() {
+    use meshsync_node::{audit, DeviceId};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::open(dir.path()).unwrap();
+    // Joining a group records who invited us (never the code: it carries the group key).
+    let admin = meshsync_net::Identity::generate().unwrap();
+    let inviter = admin.device_id();
+    let group = meshsync_node::group::Group::generate(admin.public_key());
+    let role = meshsync_node::membership::Role::Writer;
+    let code = group.invite(&admin, role, Vec::new(), 1, u64::MAX, &["192.168.1.20:7710".into()]);
+    node.join(&code).unwrap();
+    node.join(&code).unwrap(); // Already a member: nothing new to record.
+    let peer = DeviceId([9; 16]);
+    for i in 0..5 {
+        node.audit(audit::SESSION_ENDED, Some(peer), json!({"received": i, "sent": 0}));
+    }
+    node.audit(audit::CONNECTION_REFUSED, Some(peer), json!({"addr": "10.0.0.9:7710", "reason": "bad proof"}));
+    // A waiting append commits after everything queued before it.
+    node.store().audit_append(audit::CLOCK_SKEW, Some(peer), json!({"ahead_ms": 90_000})).unwrap();
+
+    let page = node.audit_page(None, 0, None).unwrap();
+    let kinds: Vec<&str> = page.entries.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds[..3], [audit::CLOCK_SKEW, audit::CONNECTION_REFUSED, audit::SESSION_ENDED]);
+    assert_eq!(kinds.len(), 8);
+    let joined = page.entries.last().unwrap();
+    assert_eq!((joined.seq, joined.kind.as_str()), (1, audit::JOIN));
+    assert_eq!(joined.device, Some(inviter.to_string()));
+    assert_eq!(joined.detail["addrs"], json!(["192.168.1.20:7710"]));
+    assert!(!joined.detail.to_string().contains(&code[5..20]), "the invite code stays out of the log");
+
+    let sessions = node.audit_page(None, 3, Some("session.")).unwrap();
+    assert_eq!(sessions.entries.len(), 3);
+    let older = node.audit_page(sessions.next, 3, Some("session.")).unwrap();
+    assert_eq!(older.entries.len(), 2);
+    assert_eq!(older.next, None);
+    assert!(matches!(node.audit_page(None, 1001, None), Err(NodeError::Invalid(_))));
+
+    let check = node.audit_verify().unwrap().unwrap();
+    assert_eq!((check.entries, check.head), (8, page.entries[0].hash));
+    node.close();
+    // After the store closed, auditing is a logged no-op, not an error or a panic.
+    node.audit(audit::SESSION_ENDED, None, json!({}));
+}

@@ -7,13 +7,17 @@
 //!   write is acknowledged only once it is in the WAL, and a remote batch applies atomically.
 //! - `read`: queries on a small pool of read connections (WAL lets them run beside the writer):
 //!   get, list with equality filters and cursors, conflicts, change scans, event replay.
+//! - `audit`: the audit log, a hash chain of entries appended by the writer ([`entry_hash`],
+//!   [`Store::audit_append`], [`Store::audit_page`], [`Store::audit_verify`]).
 //!
 //! # Physical layout
 //! One row per record holds its whole [`RecordState`] in the canonical encoding; a `changes`
 //! table maps each write still referenced, `(origin, seq)`, to its record, so "every change above
 //! vector V" is an index range scan per origin. Device ids and collection names are interned to
-//! small integers.
+//! small integers. The `audit` table holds the audit log, one row per entry keyed by its seq,
+//! with the chain's ends in `meta`.
 
+mod audit;
 mod migrations;
 mod read;
 mod writer;
@@ -29,6 +33,10 @@ use meshsync_core::{
 };
 use rusqlite::{Connection, OpenFlags};
 
+pub use audit::{
+    entry_hash, AuditBroken, AuditCheck, AuditEntry, AuditPage, AUDIT_DETAIL_BYTES_MAX, AUDIT_DROPPED_KIND,
+    AUDIT_ENTRIES_MAX, AUDIT_GENESIS, AUDIT_HASH_DOMAIN, AUDIT_KIND_BYTES_MAX, AUDIT_PAGE_MAX,
+};
 pub use migrations::SCHEMA_VERSION;
 pub use read::{ChangePage, ChangeScan};
 
@@ -107,6 +115,8 @@ pub struct StoreOptions {
     pub clock_drift_ms_max: u64,
     /// Where time comes from.
     pub clock: WallClock,
+    /// Most audit entries kept ([`AUDIT_ENTRIES_MAX`]; smaller in tests of pruning).
+    pub audit_entries_max: usize,
 }
 
 impl Default for StoreOptions {
@@ -115,6 +125,7 @@ impl Default for StoreOptions {
             durability: Durability::Process,
             clock_drift_ms_max: meshsync_core::CLOCK_DRIFT_MS_MAX_DEFAULT,
             clock: WallClock::system(),
+            audit_entries_max: AUDIT_ENTRIES_MAX,
         }
     }
 }
@@ -171,6 +182,10 @@ pub enum StoreError {
     /// The writer thread has stopped.
     #[error("the store is closed")]
     Closed,
+    /// The write queue is full and the request was not allowed to wait (a fire-and-forget audit
+    /// entry).
+    #[error("the write queue is full")]
+    QueueFull,
     /// Could not start.
     #[error("cannot open store at {path}: {reason}")]
     Open {
@@ -353,6 +368,8 @@ pub struct Store {
     requests: Mutex<Option<mpsc::SyncSender<writer::Request>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     readers: Arc<read::Readers>,
+    /// Fire-and-forget audit entries dropped on a full queue, not yet reported in the log.
+    audit_dropped: std::sync::atomic::AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -409,7 +426,14 @@ impl Store {
             .name("meshsync-store".into())
             .spawn(move || state.run(rx))
             .map_err(|e| StoreError::Open { path: path.clone(), reason: e.to_string() })?;
-        Ok(Store { path, device, requests: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), readers })
+        Ok(Store {
+            path,
+            device,
+            requests: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            readers,
+            audit_dropped: Default::default(),
+        })
     }
 
     /// The database file.

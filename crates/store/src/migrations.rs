@@ -47,6 +47,20 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE peers (device BLOB PRIMARY KEY, doc TEXT NOT NULL) WITHOUT ROWID;
     ",
+    // 3: the audit log, a hash chain (see `audit.rs`): seq is the rowid, so appends land at the
+    // right edge and pruning deletes a range at the left. No index on kind: appends stay cheap
+    // and a filtered page scans a table that pruning keeps bounded.
+    "
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        device TEXT,
+        detail TEXT NOT NULL,
+        prev BLOB NOT NULL,
+        hash BLOB NOT NULL
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -1,7 +1,8 @@
 //! The writer thread: owns the write connection, the clock, this device's sequence counter, the
 //! version vector and the interning caches. Requests queue here and commit together: one
 //! transaction, one WAL append (and one fsync with `Durability::Power`) for many writes, and
-//! nobody hears "ok" before the commit returns.
+//! nobody hears "ok" before the commit returns. Audit entries are appended here too, so they are
+//! ordered and durable like everything else, and the chain's head is cached with the counters.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::mpsc;
@@ -14,6 +15,7 @@ use meshsync_core::{
 };
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::audit::{self, ChainHead, NewEntry};
 use crate::{
     schema_from_value, ApplyOutcome, EventSink, LocalWrite, RecordDoc, RemoteBatch, StoreError, StoreEvent,
     StoreOptions, WallClock, WriteOutcome, GROUP_COMMIT_REQUESTS_MAX, REMOTE_BATCH_CHANGES_MAX, SCHEMAS_COLLECTION,
@@ -27,11 +29,14 @@ pub(crate) enum WriteReply {
     Many(Reply<Vec<WriteOutcome>>),
 }
 
+/// What the writer is asked to do. An `Audit` entry comes after `dropped` fire-and-forget entries
+/// were lost to a full queue (it reports them first); without a reply nobody waits for it.
 pub(crate) enum Request {
     Write { writes: Vec<LocalWrite>, reply: WriteReply },
     Remote { batch: RemoteBatch, reply: Reply<ApplyOutcome> },
     VersionVector { reply: Reply<VersionVector> },
     SavePeer { device: DeviceId, doc: Option<String>, reply: Reply<()> },
+    Audit { entry: NewEntry, dropped: u64, reply: Option<Reply<u64>> },
 }
 
 /// A finished request waiting for the commit before its caller hears back.
@@ -39,6 +44,7 @@ enum Done {
     Writes(WriteReply, Vec<WriteOutcome>),
     Remote(Reply<ApplyOutcome>, ApplyOutcome),
     Peer(Reply<()>),
+    Audit(Reply<u64>, u64),
 }
 
 /// In-memory state that a failed request must roll back along with its savepoint.
@@ -48,6 +54,7 @@ struct Counters {
     seq: u64,
     lsn: u64,
     vv: VersionVector,
+    audit: ChainHead,
 }
 
 pub(crate) struct Writer {
@@ -60,6 +67,9 @@ pub(crate) struct Writer {
     schemas: HashMap<String, Schema>,
     sink: EventSink,
     wall: WallClock,
+    /// Audit entries were appended in this transaction: prune and record the chain's ends.
+    audit_dirty: bool,
+    audit_entries_max: usize,
 }
 
 struct Row {
@@ -124,16 +134,19 @@ impl Writer {
         clock.restore(Hlc::from_u64(hlc.unwrap_or(0) as u64));
         let lsn: Option<i64> = conn.query_row("SELECT max(lsn) FROM records", [], |r| r.get(0))?;
         let seq = vv.get(&me);
+        let audit = ChainHead::load(&conn)?;
         Ok(Writer {
             conn,
             me,
-            counters: Counters { clock, seq, lsn: lsn.unwrap_or(0) as u64, vv },
+            counters: Counters { clock, seq, lsn: lsn.unwrap_or(0) as u64, vv, audit },
             vv_dirty: BTreeSet::new(),
             devices,
             collections,
             schemas: HashMap::new(),
             sink,
             wall: options.clock.clone(),
+            audit_dirty: false,
+            audit_entries_max: options.audit_entries_max,
         })
     }
 
@@ -195,9 +208,25 @@ impl Writer {
                         let _ = reply.send(Err(e));
                     }
                 },
+                Request::Audit { entry, dropped, reply } => {
+                    match self.in_savepoint(&mut events, |w, _| w.audit(&entry, dropped)) {
+                        Ok(seq) => {
+                            if let Some(reply) = reply {
+                                done.push(Done::Audit(reply, seq));
+                            }
+                        }
+                        Err(e) => match reply {
+                            Some(reply) => {
+                                let _ = reply.send(Err(e));
+                            }
+                            None => tracing::warn!(error = %e, kind = %entry.kind, "audit entry lost"),
+                        },
+                    }
+                }
             }
         }
         let committed = self.finish().and_then(|_| Ok(self.conn.execute_batch("COMMIT")?));
+        self.audit_dirty = false;
         match committed {
             Ok(()) => {
                 self.vv_dirty.clear();
@@ -212,6 +241,9 @@ impl Writer {
                         }
                         Done::Peer(reply) => {
                             let _ = reply.send(Ok(()));
+                        }
+                        Done::Audit(reply, seq) => {
+                            let _ = reply.send(Ok(seq));
                         }
                     }
                 }
@@ -231,6 +263,9 @@ impl Writer {
                             let _ = reply.send(Err(err));
                         }
                         Done::Peer(reply) => {
+                            let _ = reply.send(Err(err));
+                        }
+                        Done::Audit(reply, _) => {
                             let _ = reply.send(Err(err));
                         }
                     }
@@ -274,8 +309,25 @@ impl Writer {
         }
     }
 
-    /// Persists the vector entries and the clock touched by this transaction.
+    /// Appends an audit entry (after one reporting `dropped` lost entries, if any).
+    fn audit(&mut self, entry: &NewEntry, dropped: u64) -> Result<u64, StoreError> {
+        let now = self.wall.now_ms();
+        if dropped > 0 {
+            let lost = NewEntry::new(crate::AUDIT_DROPPED_KIND, None, &serde_json::json!({"entries": dropped}));
+            audit::insert(&self.conn, &mut self.counters.audit, now, &lost)?;
+        }
+        let seq = audit::insert(&self.conn, &mut self.counters.audit, now, entry)?;
+        self.audit_dirty = true;
+        Ok(seq)
+    }
+
+    /// Persists the vector entries and the clock touched by this transaction, and prunes the
+    /// audit log and records its ends if it grew.
     fn finish(&mut self) -> Result<(), StoreError> {
+        if self.audit_dirty {
+            audit::prune(&self.conn, &mut self.counters.audit, self.audit_entries_max)?;
+            audit::write_meta(&self.conn, &self.counters.audit)?;
+        }
         let dirty: Vec<DeviceId> = self.vv_dirty.iter().copied().collect();
         for origin in dirty {
             let idx = self.device_index(origin)?;
@@ -549,6 +601,12 @@ fn fail(request: Request, error: impl Fn() -> StoreError) {
         }
         Request::SavePeer { reply, .. } => {
             let _ = reply.send(Err(error()));
+        }
+        Request::Audit { reply: Some(reply), .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Request::Audit { reply: None, entry, .. } => {
+            tracing::warn!(error = %error(), kind = %entry.kind, "audit entry lost");
         }
     }
 }

@@ -219,7 +219,13 @@ pub fn assert_shape(document: &Value, schema: &Value, body: &Value, at: &str) {
                 assert_shape(document, items, item, &format!("{at}.{key}[{i}]"));
             }
         } else if value.is_object() {
-            assert_shape(document, property, value, &format!("{at}.{key}"));
+            // An optional object is `oneOf: [null, {$ref}]`: check against the object variant.
+            let variant = property
+                .get("oneOf")
+                .and_then(Value::as_array)
+                .and_then(|variants| variants.iter().find(|v| v.get("$ref").is_some()))
+                .unwrap_or(property);
+            assert_shape(document, variant, value, &format!("{at}.{key}"));
         }
     }
 }
