@@ -25,6 +25,17 @@ fn record(node: &Running, collection: &str, id: &str) -> Option<Value> {
     ok.then(|| serde_json::from_str(&out).ok()).flatten()
 }
 
+/// The kinds of the audit entries of `node` that name `device`.
+fn audited(node: &Running, device: &str) -> Vec<String> {
+    json(node, &["audit", "--limit", "1000"])["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["device"] == device)
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect()
+}
+
 fn member<'a>(members: &'a Value, device: &str) -> &'a Value {
     members["members"].as_array().unwrap().iter().find(|m| m["device_id"] == device).expect("listed")
 }
@@ -97,6 +108,9 @@ fn a_single_use_invite_admits_one_device_and_a_forged_one_none() {
     assert!(refused, "the second device should learn why: {}", json(&second, &["peers"]));
     assert_eq!(connected(&second), 0);
     assert_eq!(json(&a, &["members"])["members"].as_array().unwrap().len(), 2);
+    let on_a = audited(&a, &first.device);
+    assert!(on_a.contains(&"invite.used".into()) && on_a.contains(&"member.admitted".into()), "{on_a:?}");
+    assert!(audited(&a, &second.device).contains(&"invite.refused".into()));
 
     // A code whose grant was altered (one character changed) is refused before anything starts.
     // (The grant starts after the group id, secret and founder key: 80 bytes, 128 characters.)
@@ -143,6 +157,10 @@ fn a_revoked_device_is_cut_off_and_receives_nothing_new() {
     println!("FIGURE revocation.cut_off_everywhere_ms {}", started.elapsed().as_millis());
     assert!(eventually(Duration::from_secs(5), || connected(&stolen) == 0));
     assert_eq!(member(&json(&b, &["members"]), &stolen.device)["revoked"], true);
+    assert!(audited(&a, &stolen.device).contains(&"member.revoked".into()));
+    assert!(eventually(Duration::from_secs(5), || audited(&b, &stolen.device).contains(&"member.revoked".into())));
+    let (ok, out, _) = client(&a, &["audit", "--verify"]);
+    assert!(ok, "the audit chain verifies: {out}");
 
     // Nothing new reaches it, and what it writes now is refused everywhere.
     assert!(client(&a, &["put", "notes", "after", "x=2"]).0);

@@ -24,8 +24,10 @@ use meshsync_sync::{Page, Session, SessionConfig, SessionEvent};
 use meshsync_wire::{Envelope, Hello, PeerAddrs, PROTOCOL_VERSION};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use tokio::sync::{mpsc, watch, Notify};
 
+use crate::audit;
 use crate::group::Group;
 use crate::membership::{self, MemberEntry, Role, Roster};
 use crate::{Event, Inner, Message, NodeError};
@@ -517,6 +519,11 @@ impl Mesh {
             now_ms(),
         );
         node.write_member_field(device, membership::REVOKED_FIELD, membership::encode(&revocation))?;
+        node.audit(
+            audit::REVOKED,
+            Some(device),
+            json!({"by": self.inner.me.to_string(), "reason": "revoked here", "after_seq": after_seq}),
+        );
         self.enforce_roster();
         Ok(revocation)
     }
@@ -1002,8 +1009,28 @@ impl Mesh {
     /// Rebuilds the roster after membership changed, and acts on it.
     async fn refresh_roster(&self) {
         let Some(node) = self.node() else { return };
-        match tokio::task::spawn_blocking(move || node.refresh_roster()).await {
-            Ok(Ok(_)) => self.enforce_roster(),
+        let before = node.roster();
+        let refreshing = node.clone();
+        match tokio::task::spawn_blocking(move || refreshing.refresh_roster()).await {
+            Ok(Ok(after)) => {
+                // What the mesh brought: new members and revocations made elsewhere.
+                for (device, member) in after.members() {
+                    let known = before.as_ref().and_then(|b| b.member(*device));
+                    if known.is_none() {
+                        let by = member.entry.as_ref().map(|e| e.invite.issuer().to_string());
+                        node.audit(
+                            audit::MEMBER_ADMITTED,
+                            Some(*device),
+                            json!({"role": member.role.name(), "scopes": member.scopes, "by": by}),
+                        );
+                    }
+                    if !member.active() && known.is_none_or(|k| k.active()) {
+                        let by = member.revoked_by.map(|d| d.to_string());
+                        node.audit(audit::REVOKED, Some(*device), json!({"by": by, "reason": "revocation received"}));
+                    }
+                }
+                self.enforce_roster();
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot rebuild the membership roster"),
             Err(_) => {}
         }
@@ -1051,6 +1078,8 @@ impl Mesh {
         }
         let mut link = Link {
             outbound,
+            started: std::time::Instant::now(),
+            received: 0,
             deferred: Arc::new(AtomicBool::new(false)),
             admitted: Arc::new(Mutex::new(None)),
             remote: peer.addr,
@@ -1095,6 +1124,21 @@ impl Mesh {
             });
             if let Some(node) = self.node() {
                 node.publish(Event::Peer(PeerEvent::Disconnected { device, reason: reason.clone() }));
+                let sent = {
+                    let table = self.inner.table.lock().expect("lock");
+                    table.iter().find(|e| e.device == Some(device)).map_or(0, |e| e.info.sent)
+                };
+                node.audit(
+                    audit::SESSION_ENDED,
+                    Some(device),
+                    json!({
+                        "addr": addr,
+                        "duration_ms": link.started.elapsed().as_millis() as u64,
+                        "received": link.received,
+                        "sent": sent,
+                        "reason": reason,
+                    }),
+                );
             }
             tracing::info!(peer = %device.short(), %reason, "peer disconnected");
         }
@@ -1133,7 +1177,18 @@ impl Mesh {
         let roster = node.roster().ok_or("this node has no membership roster")?;
         let me = self.inner.me;
         let admitted = link.admitted.clone();
-        let admission = Box::new(move |h: &Hello| admit(&group, &roster, me, &binding, h, &admitted));
+        let (audit_node, peer_addr, direction) =
+            (node.clone(), addr.to_string(), if link.outbound { "outbound" } else { "inbound" });
+        let admission = Box::new(move |h: &Hello| {
+            admit(&group, &roster, me, &binding, h, &admitted).map_err(|(kind, reason)| {
+                let detail = match kind {
+                    audit::INVITE_REFUSED => json!({"addr": peer_addr, "reason": reason}),
+                    _ => json!({"addr": peer_addr, "direction": direction, "reason": reason}),
+                };
+                audit_node.audit(kind, Some(h.device), detail);
+                reason
+            })
+        });
         let config = SessionConfig::with_heartbeat(self.inner.options.heartbeat_interval_ms);
         let mut session = Session::new(config, hello, device, admission, now_ms());
         session.set_paused(self.paused());
@@ -1203,6 +1258,7 @@ impl Mesh {
             }
         };
         let _ = tx.close().await;
+        link.received = received_on_link;
         result
     }
 }
@@ -1221,13 +1277,15 @@ fn admit(
     binding: &[u8],
     hello: &Hello,
     admitted: &Mutex<Option<MemberEntry>>,
-) -> Result<Option<Vec<String>>, String> {
+) -> Result<Option<Vec<String>>, (&'static str, String)> {
+    let refuse = |why: &str| (audit::CONNECTION_REFUSED, why.to_string());
+    let refuse_invite = |why: String| (audit::INVITE_REFUSED, why);
     if !group.verify(binding, hello.device, &hello.proof) {
-        return Err("membership proof does not verify: the peer is not a member of this group".into());
+        return Err(refuse("membership proof does not verify: the peer is not a member of this group"));
     }
     if let Some(member) = roster.member(hello.device) {
         if !member.active() {
-            return Err("this device was revoked from the group".into());
+            return Err(refuse("this device was revoked from the group"));
         }
         return Ok(member.scope_filter());
     }
@@ -1235,19 +1293,22 @@ fn admit(
         hello.chain.iter().take(membership::CHAIN_MAX).filter_map(|bytes| postcard::from_bytes(bytes).ok()).collect();
     let extended = roster.with_chain(group.founder_key, &chain);
     let Some(member) = extended.member(hello.device) else {
-        return Err("no valid membership entry: the device was never admitted to this group".into());
+        return Err(refuse("no valid membership entry: the device was never admitted to this group"));
     };
     if roster.member(me).is_some() {
-        let entry = member.entry.clone().ok_or("the founder needs no entry")?;
+        let entry = member.entry.clone().ok_or_else(|| refuse("the founder needs no entry"))?;
         let grant = &entry.invite.grant;
         if now_ms() > grant.expires_ms {
-            return Err("its invite has expired; ask an admin for a new one".into());
+            return Err(refuse_invite("its invite has expired; ask an admin for a new one".into()));
         }
         if roster.uses(&grant.invite_key) >= grant.uses {
-            return Err(format!("its invite was already used by {} device(s); ask an admin for a new one", grant.uses));
+            return Err(refuse_invite(format!(
+                "its invite was already used by {} device(s); ask an admin for a new one",
+                grant.uses
+            )));
         }
         if roster.member(entry.invite.issuer()).is_some_and(|m| !m.active()) {
-            return Err("its invite was signed by an admin who has since been revoked".into());
+            return Err(refuse_invite("its invite was signed by an admin who has since been revoked".into()));
         }
         *admitted.lock().expect("lock") = Some(entry);
     }
@@ -1413,8 +1474,28 @@ impl Mesh {
                             .map_err(|e| e.to_string())?
                             .map_err(|e| format!("cannot record the new member: {e}"))?;
                             tracing::info!(peer = %device.short(), role = entry.invite.grant.role.name(), "admitted a new member");
+                            let grant = &entry.invite.grant;
+                            let uses_left = node
+                                .roster()
+                                .map(|r| grant.uses.saturating_sub(r.uses(&grant.invite_key)))
+                                .unwrap_or(0);
+                            node.audit(
+                                audit::INVITE_USED,
+                                Some(device),
+                                json!({"addr": addr, "role": grant.role.name(), "scopes": grant.scopes, "uses_left": uses_left}),
+                            );
+                            node.audit(
+                                audit::MEMBER_ADMITTED,
+                                Some(device),
+                                json!({"role": grant.role.name(), "scopes": grant.scopes, "by": self.inner.me.to_string()}),
+                            );
                         }
                         tracing::info!(peer = %device.short(), name = %info.name, %addr, "peer connected");
+                        node.audit(
+                            audit::SESSION_STARTED,
+                            Some(device),
+                            json!({"addr": addr, "direction": if link.outbound { "outbound" } else { "inbound" }}),
+                        );
                         node.publish(Event::Peer(PeerEvent::Connected {
                             device,
                             name: info.name,
@@ -1468,7 +1549,25 @@ impl Mesh {
                         })
                         .await
                         .map_err(|e| e.to_string())?;
+                        if let Err(meshsync_store::StoreError::Clock(meshsync_core::ClockError::ClockSkew {
+                            ahead_ms,
+                            limit_ms,
+                        })) = &applied
+                        {
+                            node.audit(
+                                audit::CLOCK_SKEW,
+                                Some(device),
+                                json!({"ahead_ms": ahead_ms, "limit_ms": limit_ms}),
+                            );
+                        }
                         applied.map_err(|e| format!("cannot apply changes from the peer: {e}"))?;
+                        if let Some((dot, why)) = rejected.first() {
+                            node.audit(
+                                audit::WRITE_REJECTED,
+                                Some(device),
+                                json!({"origin": dot.origin.to_string(), "seq": dot.seq, "count": rejected.len(), "reason": why}),
+                            );
+                        }
                         if !deferred.is_empty() {
                             link.deferred.store(true, Ordering::SeqCst);
                             tracing::debug!(
@@ -1544,6 +1643,9 @@ impl Mesh {
 /// One link's registration: filled in when its session is established.
 struct Link {
     outbound: bool,
+    started: std::time::Instant,
+    /// Changes received on this link.
+    received: u64,
     deferred: Arc<AtomicBool>,
     /// A newcomer this node admitted with its invite: its entry is written once established.
     admitted: Arc<Mutex<Option<MemberEntry>>>,
