@@ -334,16 +334,41 @@ pub(crate) fn dispatch(command: Command) -> Result<()> {
                 }
             });
         }
-        Command::Invite { role, scopes, ttl, uses, no_addrs, target } => {
+        Command::Invite { role, scopes, ttl, uses, no_addrs, png, svg, no_qr, target } => {
             let c = Client::new(&target, quick)?;
             let invite = c.call(
                 "POST",
                 "/v1/invites",
                 Some(json!({"role": role, "scopes": scopes, "ttl_s": ttl, "uses": uses, "addrs": !no_addrs})),
             )?;
+            let code = invite["code"].as_str().unwrap_or_default().to_string();
+            if let Some(path) = &png {
+                std::fs::write(path, crate::qr::png(&code, 6)?)
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            if let Some(path) = &svg {
+                std::fs::write(path, invite["qr_svg"].as_str().unwrap_or_default())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            let drawing = if no_qr { None } else { Some(crate::qr::terminal(&code)?) };
             c.print(&invite, |i| {
-                println!("invite code (valid until {}):\n\n  {}\n", compact(&i["expires_at"]), compact(&i["code"]));
-                println!("on the new device: meshsync run --join {}", compact(&i["code"]));
+                if let Some(drawing) = &drawing {
+                    println!("{drawing}");
+                }
+                println!(
+                    "invite code for a {} ({} use{}, valid until {}):\n\n  {}\n",
+                    compact(&i["role"]),
+                    i["uses"],
+                    if i["uses"] == 1 { "" } else { "s" },
+                    compact(&i["expires_at"]),
+                    code
+                );
+                println!("on the new device: meshsync run --join {code}");
+                for (what, path) in [("PNG", &png), ("SVG", &svg)] {
+                    if let Some(path) = path {
+                        println!("QR code as {what}: {}", path.display());
+                    }
+                }
             });
         }
         Command::Audit { limit, kind, before, verify, target } => audit(&target, limit, kind, before, verify)?,

@@ -11,6 +11,7 @@
 
 mod client;
 mod demo;
+mod qr;
 mod rendezvous;
 mod run;
 
@@ -191,6 +192,15 @@ enum Command {
         /// discovery (mDNS, beacon, rendezvous).
         #[arg(long)]
         no_addrs: bool,
+        /// Also write the QR code as a PNG image to this file.
+        #[arg(long, value_name = "FILE")]
+        png: Option<std::path::PathBuf>,
+        /// Also write the QR code as an SVG image to this file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<std::path::PathBuf>,
+        /// Do not draw the QR code in the terminal.
+        #[arg(long)]
+        no_qr: bool,
         #[command(flatten)]
         target: Target,
     },

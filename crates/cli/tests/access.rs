@@ -45,7 +45,12 @@ fn a_reader_reads_but_cannot_change_anything() {
     let (da, dr) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = start(da.path(), &["--name", "office"]);
     assert!(client(&a, &["put", "prices", "tea", "price=2.5"]).0);
-    let code = invite(&a, &["--role", "reader"]);
+    let (png, svg) = (da.path().join("invite.png"), da.path().join("invite.svg"));
+    let code = invite(&a, &["--role", "reader", "--png", png.to_str().unwrap(), "--svg", svg.to_str().unwrap()]);
+    assert!(std::fs::read(&png).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
+    assert!(std::fs::read_to_string(&svg).unwrap().trim_end().ends_with("</svg>"));
+    let (ok, out, _) = client(&a, &["invite", "--role", "reader"]);
+    assert!(ok && out.contains('\u{2580}') && out.contains("for a reader"), "a QR code drawn in the terminal: {out}");
     let r = start(dr.path(), &["--name", "display", "--join", &code]);
     assert!(eventually(Duration::from_secs(15), || record(&r, "prices", "tea").is_some()), "the reader reads");
 

@@ -5,8 +5,9 @@
 //! Every input from a peer has a limit: the whole handshake has a deadline, the number of
 //! handshakes in flight is capped, and frames larger than the configured maximum close the link.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,8 @@ pub const FRAME_BYTES_MAX_DEFAULT: usize = 8 << 20;
 pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 /// The default cap on incoming handshakes in flight at once.
 pub const HANDSHAKES_PENDING_MAX_DEFAULT: usize = 64;
+/// Most handshakes under way from one IP address: one host cannot take every slot.
+pub const HANDSHAKES_PENDING_PER_IP_MAX: usize = 8;
 /// Bytes of [`Peer::channel_binding`].
 pub const CHANNEL_BINDING_BYTES: usize = 32;
 
@@ -126,7 +129,7 @@ impl Endpoint {
     /// Listens on `address` (for example `0.0.0.0:7400`, or `127.0.0.1:0` for any free port).
     pub async fn bind(&self, address: impl ToSocketAddrs) -> Result<Listener, NetError> {
         let tcp = TcpListener::bind(address).await?;
-        Ok(Listener { tcp, endpoint: self.clone(), pending: JoinSet::new() })
+        Ok(Listener { tcp, endpoint: self.clone(), pending: JoinSet::new(), pending_per_ip: HashMap::new() })
     }
 
     /// Connects to the device at `address` (`ip:port`, `host:port`, or a `SocketAddr`).
@@ -247,7 +250,8 @@ fn configure(tcp: &TcpStream) -> Result<(), NetError> {
 pub struct Listener {
     tcp: TcpListener,
     endpoint: Endpoint,
-    pending: JoinSet<Result<Connection, NetError>>,
+    pending: JoinSet<(IpAddr, Result<Connection, NetError>)>,
+    pending_per_ip: HashMap<IpAddr, usize>,
 }
 
 impl fmt::Debug for Listener {
@@ -275,14 +279,35 @@ impl Listener {
                 // Finished handshakes first: they hold resources and a peer is waiting.
                 biased;
                 Some(joined) = self.pending.join_next(), if !self.pending.is_empty() => match joined {
-                    Ok(result) => return result,
+                    Ok((ip, result)) => {
+                        if let Some(count) = self.pending_per_ip.get_mut(&ip) {
+                            *count -= 1;
+                            if *count == 0 {
+                                self.pending_per_ip.remove(&ip);
+                            }
+                        }
+                        return result;
+                    }
                     // Only a panic or an abort ends a handshake task otherwise; neither is a
                     // peer's doing, so report it and keep serving.
                     Err(e) => tracing::error!(error = %e, "an incoming handshake task failed"),
                 },
                 accepted = self.tcp.accept(), if self.pending.len() < pending_max => {
                     let (tcp, peer_addr) = accepted?;
-                    self.pending.spawn(self.endpoint.clone().handshake_incoming(tcp, peer_addr));
+                    let ip = peer_addr.ip();
+                    let count = self.pending_per_ip.entry(ip).or_default();
+                    if *count >= HANDSHAKES_PENDING_PER_IP_MAX {
+                        drop(tcp);
+                        return Err(NetError::Incoming {
+                            peer_addr,
+                            source: Box::new(NetError::Protocol(format!(
+                                "more than {HANDSHAKES_PENDING_PER_IP_MAX} handshakes at once from {ip}"
+                            ))),
+                        });
+                    }
+                    *count += 1;
+                    let endpoint = self.endpoint.clone();
+                    self.pending.spawn(async move { (ip, endpoint.handshake_incoming(tcp, peer_addr).await) });
                 }
             }
         }

@@ -259,6 +259,28 @@ async fn a_stalled_handshake_times_out_without_holding_up_others() {
 }
 
 #[tokio::test]
+async fn one_address_cannot_hold_every_handshake_slot() {
+    let server = endpoint_with(|c| c.handshake_timeout = Duration::from_secs(30));
+    let (mut listener, address) = listen(&server).await;
+    let silent: Vec<TcpStream> = futures_util::future::join_all(
+        (0..meshsync_net::HANDSHAKES_PENDING_PER_IP_MAX + 1).map(|_| TcpStream::connect(&address)),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    // The one over the limit is refused at once, long before any handshake deadline.
+    match within(listener.accept()).await {
+        Err(error @ NetError::Incoming { .. }) => assert!(
+            error.to_string().contains("handshakes at once") || format!("{error:?}").contains("handshakes at once"),
+            "{error:?}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    drop(silent);
+}
+
+#[tokio::test]
 async fn dialing_a_silent_server_times_out() {
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = silent.local_addr().unwrap();

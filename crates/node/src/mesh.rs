@@ -34,6 +34,8 @@ use crate::{Event, Inner, Message, NodeError};
 
 /// Most links at once.
 pub const LINKS_MAX: usize = 256;
+/// Most dials under way at once; peers beyond wait for the next round.
+pub const DIALS_MAX: usize = 32;
 /// Most peers remembered.
 pub const PEERS_MAX: usize = 1024;
 /// Hops an ephemeral message may travel.
@@ -323,6 +325,8 @@ struct MeshInner {
     links: Mutex<HashMap<DeviceId, LinkHandle>>,
     paused: AtomicBool,
     next_link_id: AtomicU64,
+    /// Dials under way.
+    dials: Arc<std::sync::atomic::AtomicUsize>,
     seen: Mutex<SeenMessages>,
     wake_dialer: Notify,
     shutdown: watch::Sender<bool>,
@@ -361,6 +365,7 @@ impl Mesh {
             links: Mutex::new(HashMap::new()),
             paused: AtomicBool::new(false),
             next_link_id: AtomicU64::new(1),
+            dials: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             seen: Mutex::new((HashSet::new(), VecDeque::new())),
             wake_dialer: Notify::new(),
             shutdown,
@@ -833,6 +838,7 @@ impl Mesh {
             let due: Vec<(usize, Option<DeviceId>, Vec<String>)> = {
                 let links = self.inner.links.lock().expect("lock");
                 let mut table = self.inner.table.lock().expect("lock");
+                let room = DIALS_MAX.saturating_sub(self.inner.dials.load(Ordering::SeqCst));
                 table
                     .iter_mut()
                     .enumerate()
@@ -840,6 +846,7 @@ impl Mesh {
                         e.info.state == PeerState::Disconnected && e.next_dial_ms <= now && !e.info.addrs.is_empty()
                     })
                     .filter(|(_, e)| e.device.is_none_or(|d| !links.contains_key(&d)))
+                    .take(room)
                     .map(|(i, e)| {
                         e.info.state = PeerState::Connecting;
                         (i, e.device, e.info.addrs.clone())
@@ -848,7 +855,8 @@ impl Mesh {
             };
             for (_, device, addrs) in due {
                 let mesh = self.clone();
-                tokio::spawn(async move { mesh.dial(device, addrs).await });
+                let slot = DialSlot::take(&self.inner.dials);
+                tokio::spawn(async move { mesh.dial(device, addrs, slot).await });
             }
             tokio::select! {
                 _ = stop.changed() => return,
@@ -858,9 +866,11 @@ impl Mesh {
         }
     }
 
-    async fn dial(self, device: Option<DeviceId>, addrs: Vec<String>) {
+    async fn dial(self, device: Option<DeviceId>, addrs: Vec<String>, slot: DialSlot) {
         let started_ms = now_ms();
         let (result, tried) = self.dial_any(device, &addrs).await;
+        // The dial is over either way; a link that follows does not hold a dial slot.
+        drop(slot);
         let report = DialReport {
             at_ms: started_ms,
             connected: result.as_ref().ok().map(|(_, addr)| addr.clone()),
@@ -1637,6 +1647,22 @@ impl Mesh {
                 return Ok(());
             }
         }
+    }
+}
+
+/// One of the [`DIALS_MAX`] dials allowed at once, given back when dropped.
+struct DialSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl DialSlot {
+    fn take(dials: &Arc<std::sync::atomic::AtomicUsize>) -> DialSlot {
+        dials.fetch_add(1, Ordering::SeqCst);
+        DialSlot(dials.clone())
+    }
+}
+
+impl Drop for DialSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
