@@ -118,3 +118,29 @@ async fn a_members_bypassed_checks_get_nothing_past_the_others() {
     a.close();
     r.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_invite_admits_nobody_and_says_why() {
+    let (da, dj) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::open(da.path()).unwrap();
+    let mesh_a = a.start_mesh(options()).await.unwrap();
+    let (code, _) = mesh_a.create_invite(&InviteOptions { ttl_s: 1, ..InviteOptions::default() }).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let late = Node::open(dj.path()).unwrap();
+    late.join(&code).unwrap();
+    let mesh_late = late.start_mesh(options()).await.unwrap();
+    let inviter = a.device_id().to_string();
+    eventually("the newcomer learns why it was refused", || {
+        mesh_late.peers().iter().any(|p| {
+            p.device_id.as_deref() == Some(inviter.as_str())
+                && p.last_error.as_deref().is_some_and(|e| e.contains("expired"))
+        })
+    })
+    .await;
+    assert_eq!(mesh_a.connected(), 0);
+    assert!(a.roster().unwrap().member(late.device_id()).is_none());
+    let refused = a.audit_page(None, 100, Some(audit::INVITE_REFUSED)).unwrap();
+    assert!(refused.entries.iter().any(|e| e.device == Some(late.device_id().to_string())), "{refused:?}");
+    a.close();
+    late.close();
+}
