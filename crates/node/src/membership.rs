@@ -407,13 +407,17 @@ impl Roster {
     /// This roster with `entries` (a chain presented by a peer) added: how a node that has not
     /// heard of a member yet checks the member's own proof.
     pub fn with_chain(&self, founder_key: [u8; 32], entries: &[MemberEntry]) -> Roster {
+        self.with_entries(founder_key, &entries[..entries.len().min(CHAIN_MAX)])
+    }
+
+    /// This roster with `entries` added (those that verify and chain to an admin count).
+    pub fn with_entries(&self, founder_key: [u8; 32], entries: &[MemberEntry]) -> Roster {
         let known: Vec<MemberEntry> = self.members.values().filter_map(|m| m.entry.clone()).collect();
-        let revocations = Vec::new();
         let (mut roster, _) = Roster::build(
             self.group,
             founder_key,
-            known.into_iter().chain(entries.iter().take(CHAIN_MAX).cloned()).collect(),
-            revocations,
+            known.into_iter().chain(entries.iter().cloned()).collect(),
+            Vec::new(),
         );
         // Keep what this roster knew of revocations.
         for (device, member) in &self.members {
@@ -532,6 +536,19 @@ mod tests {
         assert_eq!(decode::<MemberEntry>(&text).unwrap(), entry);
         assert_eq!(decode::<MemberEntry>(&text[..text.len() - 2]), Err(MembershipError::Damaged));
         assert_eq!(decode::<MemberEntry>("zz"), Err(MembershipError::Damaged));
+    }
+
+    #[test]
+    fn entries_arriving_later_extend_a_roster_and_keep_its_revocations() {
+        let w = World::new();
+        let (writer, entry) = w.admit(&w.founder, Role::Writer, &[]);
+        let (other, other_entry) = w.admit(&w.founder, Role::Writer, &[]);
+        let revoked = Revocation::sign(&w.founder, w.group, other.device_id(), 5, 0);
+        let roster = w.roster(vec![other_entry], vec![revoked]);
+        assert!(roster.member(writer.device_id()).is_none());
+        let extended = roster.with_entries(w.founder.public_key(), &[entry]);
+        assert_eq!(extended.member(writer.device_id()).unwrap().role, Role::Writer);
+        assert_eq!(extended.member(other.device_id()).unwrap().revoked_after, Some(5));
     }
 
     #[test]

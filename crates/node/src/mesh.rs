@@ -1349,6 +1349,26 @@ fn screen(
     advance: Vec<Dot>,
 ) -> Screened {
     let mut out = Screened { changes: Vec::new(), advance: Vec::new(), rejected: Vec::new(), deferred: HashSet::new() };
+    // Members admitted in this very batch count for the rest of it (a newcomer's entry and its
+    // first changes usually travel together).
+    let arriving: Vec<MemberEntry> = changes
+        .iter()
+        .filter(|c| c.collection == membership::MEMBERS_COLLECTION)
+        .flat_map(|c| &c.cells)
+        .filter(|cell| cell.field == membership::MEMBER_FIELD)
+        .filter_map(|cell| match &cell.value {
+            meshsync_core::Value::Str(text) => membership::decode::<MemberEntry>(text).ok(),
+            _ => None,
+        })
+        .filter(|entry| entry.check(group.id).is_ok())
+        .collect();
+    let extended;
+    let roster = if arriving.is_empty() {
+        roster
+    } else {
+        extended = roster.with_entries(group.founder_key, &arriving);
+        &extended
+    };
     for change in changes {
         let author = change.dot.origin;
         let verdict = match roster.member(author) {
