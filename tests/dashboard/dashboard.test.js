@@ -35,7 +35,7 @@ function startNode(name, extra = []) {
   const dir = join(work, `node-${nodes.length}`);
   mkdirSync(dir);
   const child = spawn(BIN, ['run', '--data-dir', dir, '--api', '127.0.0.1:0', '--listen', '127.0.0.1:0',
-    '--no-mdns', '--log', 'warn', '--name', name, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    '--no-mdns', '--no-beacon', '--log', 'warn', '--name', name, ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
   const node = { name, dir, child, stderr: '' };
   nodes.push(node);
   child.stderr.on('data', (chunk) => { node.stderr = (node.stderr + chunk).slice(-4000); });

@@ -45,7 +45,13 @@ pub(crate) fn local_ips() -> HashSet<IpAddr> {
 pub(crate) fn start(mesh: &Mesh, options: &DiscoveryOptions, stop: watch::Receiver<bool>) {
     // Bumped whenever this machine's addresses change, so sources announce at once.
     let (readdressed, _) = watch::channel(0u64);
-    if options.mdns {
+    // A node listening on loopback only cannot be reached from another machine: announcing it
+    // on the network would only send others to an address they cannot dial.
+    let local_only = mesh.listen_addr().ip().is_loopback();
+    if local_only && (options.mdns || options.beacon_port.is_some()) {
+        tracing::info!("listening on loopback only: mDNS and the beacon stay off");
+    }
+    if options.mdns && !local_only {
         match mdns::Mdns::start(mesh) {
             Ok(mdns) => {
                 let mut stop = stop.clone();
@@ -57,7 +63,7 @@ pub(crate) fn start(mesh: &Mesh, options: &DiscoveryOptions, stop: watch::Receiv
             Err(e) => tracing::warn!(error = %e, "mDNS discovery is off: it could not start"),
         }
     }
-    if let Some(port) = options.beacon_port {
+    if let Some(port) = options.beacon_port.filter(|_| !local_only) {
         tokio::spawn(beacon::run(mesh.clone(), port, stop.clone(), readdressed.subscribe()));
     }
     if !options.rendezvous.is_empty() {
