@@ -34,6 +34,11 @@ use crate::{Event, Inner, Message, NodeError};
 
 /// Most links at once.
 pub const LINKS_MAX: usize = 256;
+/// Most ephemeral messages waiting to go out on one link; more are dropped (they are ephemeral,
+/// and a slow or stalled peer must not make this node hold an unbounded queue).
+pub const MESSAGES_QUEUED_MAX: usize = 1024;
+/// Ephemeral messages accepted from one link per second; more are dropped unread.
+pub const MESSAGES_PER_S: u32 = 200;
 /// Most dials under way at once; peers beyond wait for the next round.
 pub const DIALS_MAX: usize = 32;
 /// Most peers remembered.
@@ -301,6 +306,8 @@ enum Command {
 
 struct LinkHandle {
     id: u64,
+    /// Messages queued for this link and not yet handed to its session.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Set when the link held back changes whose author was not a known member yet.
     deferred: Arc<AtomicBool>,
     dialer: DeviceId,
@@ -697,6 +704,11 @@ impl Mesh {
         next.hops -= 1;
         for (device, link) in self.inner.links.lock().expect("lock").iter() {
             if Some(*device) != except && Some(*device) != Some(envelope.from) {
+                if link.queued.load(Ordering::SeqCst) >= MESSAGES_QUEUED_MAX {
+                    tracing::debug!(peer = %device.short(), "message queue full: an ephemeral message is dropped");
+                    continue;
+                }
+                link.queued.fetch_add(1, Ordering::SeqCst);
                 let _ = link.commands.send(Command::Send(next.clone()));
             }
         }
@@ -1011,7 +1023,16 @@ impl Mesh {
         let id = self.inner.next_link_id.fetch_add(1, Ordering::SeqCst);
         links.insert(
             device,
-            LinkHandle { id, deferred: link.deferred.clone(), dialer, remote, local, commands, notify },
+            LinkHandle {
+                id,
+                queued: link.queued.clone(),
+                deferred: link.deferred.clone(),
+                dialer,
+                remote,
+                local,
+                commands,
+                notify,
+            },
         );
         Some(id)
     }
@@ -1088,6 +1109,8 @@ impl Mesh {
         }
         let mut link = Link {
             outbound,
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            incoming: (0, 0),
             started: std::time::Instant::now(),
             received: 0,
             deferred: Arc::new(AtomicBool::new(false)),
@@ -1259,7 +1282,10 @@ impl Mesh {
                 _ = notify.notified() => session.notify_changes(),
                 command = commands.recv() => match command {
                     Some(Command::Pause(paused)) => session.set_paused(paused),
-                    Some(Command::Send(envelope)) => session.send_message(envelope),
+                    Some(Command::Send(envelope)) => {
+                        link.queued.fetch_sub(1, Ordering::SeqCst);
+                        session.send_message(envelope)
+                    }
                     Some(Command::Close(reason)) => session.close(&reason),
                     None => session.close("link dropped"),
                 },
@@ -1636,7 +1662,18 @@ impl Mesh {
                                     .await;
                         }
                     }
-                    SessionEvent::Message(envelope) => self.on_message(envelope, device),
+                    SessionEvent::Message(envelope) => {
+                        let second = now_ms() / 1000;
+                        if link.incoming.0 != second {
+                            link.incoming = (second, 0);
+                        }
+                        link.incoming.1 += 1;
+                        if link.incoming.1 <= MESSAGES_PER_S {
+                            self.on_message(envelope, device);
+                        } else if link.incoming.1 == MESSAGES_PER_S + 1 {
+                            tracing::warn!(peer = %device.short(), "more than {MESSAGES_PER_S} messages a second: dropping the rest");
+                        }
+                    }
                     SessionEvent::Peers(list) => {
                         for peer in list {
                             self.learn(Some(peer.device), &peer.addrs, "pex", true);
@@ -1689,6 +1726,9 @@ impl Drop for DialSlot {
 /// One link's registration: filled in when its session is established.
 struct Link {
     outbound: bool,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Incoming messages this second: (second, count).
+    incoming: (u64, u32),
     started: std::time::Instant,
     /// Changes received on this link.
     received: u64,
