@@ -2,12 +2,15 @@
 //! open internet: the JSON `Registration` decoder and `verify`, and the whole router
 //! (`meshsync_rendezvous::router`, in process, on one current-thread runtime per process) with
 //! arbitrary bodies and queries for `POST /discovery/register`, `GET /discovery/peers?room=`,
-//! `POST /rooms` and any other method and path.
+//! `POST /rooms` and any other method and path. Also the other direction: the client's decoding
+//! of a `GET /discovery/peers` answer (`client::peers_from_answer`), since nodes do not trust
+//! the service either.
 //!
 //! Registrations are either raw bytes or built from fuzzed fields and signed with a fixed key,
 //! so valid ones reach the book's rules (skew, replay, TTL, capacity) too. Checked: no answer is
 //! a 5xx or a body without `"v": 1`; a registration that decodes and verifies survives a JSON
-//! round trip; one we signed with well-formed fields verifies as our device.
+//! round trip; one we signed with well-formed fields verifies as our device; from any answer,
+//! the client keeps only devices whose keys signed their entries, each once.
 
 #![no_main]
 
@@ -77,6 +80,23 @@ enum RequestSeed {
     RoomBody(Vec<u8>),
     /// Any method, path and body.
     Other { method: u8, path: String, body: Vec<u8> },
+    /// An answer to the client's `GET /discovery/peers`, from a service we do not trust.
+    Answer(AnswerSeed),
+}
+
+#[derive(Arbitrary, Debug)]
+enum AnswerSeed {
+    Raw { room: u8, body: Vec<u8> },
+    Entries { room: u8, version: Option<u32>, entries: Vec<EntrySeed> },
+}
+
+#[derive(Arbitrary, Debug)]
+struct EntrySeed {
+    registration: RegistrationSeed,
+    expires_at_ms: u64,
+    observed: Option<String>,
+    /// Leave out the field with this index.
+    drop_field: Option<u8>,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -167,6 +187,41 @@ fn check_registration_json(body: &[u8]) {
     }
 }
 
+/// An answer as the service lists a room: each registration without its room, with its expiry.
+fn answer(fixture: &Fixture, version: Option<u32>, room: &str, entries: &[EntrySeed]) -> Vec<u8> {
+    let peers: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|entry| {
+            let mut listed = serde_json::to_value(registration(fixture, &entry.registration)).expect("serializes");
+            let object = listed.as_object_mut().expect("a registration is an object");
+            object.remove("v");
+            object.remove("room");
+            object.insert("expires_at_ms".into(), entry.expires_at_ms.into());
+            object.insert("observed".into(), entry.observed.clone().into());
+            if let Some(n) = entry.drop_field {
+                let key = object.keys().nth(usize::from(n) % object.len()).cloned().expect("not empty");
+                object.remove(&key);
+            }
+            listed
+        })
+        .collect();
+    let answer = serde_json::json!({"v": version.unwrap_or(1), "room": room, "peers": peers});
+    serde_json::to_vec(&answer).expect("serializes")
+}
+
+/// Decodes an answer as `client::lookup` does; only devices whose keys we hold (the only keys
+/// that signed anything the fuzzer can have seen) may come out, each once.
+fn check_answer(fixture: &Fixture, room: &str, body: &[u8]) {
+    let Ok(peers) = meshsync_rendezvous::client::peers_from_answer(room, body) else { return };
+    for (i, peer) in peers.iter().enumerate() {
+        assert!(
+            fixture.identities.iter().any(|identity| identity.device_id() == peer.device_id),
+            "the client believed an entry no key of ours signed: {peer:?}"
+        );
+        assert!(peers[..i].iter().all(|p| p.device_id != peer.device_id), "a device listed twice");
+    }
+}
+
 fn request(method: Method, uri: &str, body: Vec<u8>) -> Option<Request<Body>> {
     Request::builder()
         .method(method)
@@ -206,6 +261,17 @@ fuzz_target!(|input: Input| {
         RequestSeed::Other { method, path, body } => {
             let methods = [Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD, Method::OPTIONS];
             request(methods[usize::from(method) % methods.len()].clone(), &path, body)
+        }
+        RequestSeed::Answer(seed) => {
+            let (room, body) = match seed {
+                AnswerSeed::Raw { room, body } => (room, body),
+                AnswerSeed::Entries { room, version, entries } => {
+                    let text = &fixture.rooms[usize::from(room) % fixture.rooms.len()];
+                    (room, answer(fixture, version, text, &entries))
+                }
+            };
+            check_answer(fixture, &fixture.rooms[usize::from(room) % fixture.rooms.len()], &body);
+            return;
         }
     };
     // A URI the HTTP layer would not have parsed never reaches the service.
