@@ -9,7 +9,7 @@
 #   scripts/fuzz.sh 300 handshake   # one target
 #
 # Environment: FUZZ_SANITIZER (default none; `address` for ASan, see docs/fuzzing.md),
-# FUZZ_TARGET_DIR (default fuzz/target), FUZZ_JOBS (build jobs, cargo's default if unset).
+# FUZZ_TARGET_DIR (default fuzz/target); cargo's own CARGO_BUILD_JOBS limits the build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,7 +45,6 @@ fi
 # targets share them. Release with debug assertions and overflow checks; 16 codegen units
 # build about twice as fast on two cores for a small cost in executions per second.
 build_flags=(-O --debug-assertions --sanitizer "$sanitizer" --codegen-units 16 --target-dir "$target_dir")
-[ -n "${FUZZ_JOBS:-}" ] && build_flags+=(-j "$FUZZ_JOBS")
 started=$(date +%s)
 cargo "${toolchain[@]}" fuzz build "${build_flags[@]}" 2>&1 | { grep -vE '^\s+(Compiling|Downloaded|Downloading) ' || true; } || {
   echo "building the fuzz targets failed" >&2
