@@ -1,7 +1,8 @@
-//! The client nodes use: [`register`] a signed entry, [`lookup`] a room's entries. The service is
-//! not trusted: `lookup` checks every entry's signature against the room it asked for and drops
-//! those that fail, so a dishonest or compromised rendezvous can hide devices or replay old
-//! entries, but cannot invent a device or change its addresses.
+//! The client nodes use: [`register`] a signed entry, [`lookup`] a room's entries (decoded by
+//! [`peers_from_answer`]). The service is not trusted: `lookup` checks every entry's signature
+//! against the room it asked for and drops those that fail, so a dishonest or compromised
+//! rendezvous can hide devices or replay old entries, but cannot invent a device or change its
+//! addresses.
 //!
 //! Plain `http://` only (HTTP/1.1 over one fresh connection per call, hyper): for TLS, reach the
 //! service through a local proxy. Every call has a [`REQUEST_TIMEOUT`] and answers are capped at
@@ -49,12 +50,19 @@ pub async fn lookup(base_url: &str, room: &str) -> Result<Vec<Peer>, RendezvousE
     check_room(room)?;
     let target = Target::parse(base_url)?;
     let answer = target.call(Method::GET, &format!("/discovery/peers?room={room}"), None).await?;
+    peers_from_answer(room, &answer)
+}
+
+/// Decodes the body of a `GET /discovery/peers` answer for `room` and keeps the entries that
+/// verify, as [`lookup`] does with what the service sends: the service is not trusted, so these
+/// bytes are outside input (and fuzzed). Errors: a body that is not a version-1 answer.
+pub fn peers_from_answer(room: &str, answer: &[u8]) -> Result<Vec<Peer>, RendezvousError> {
     #[derive(Deserialize)]
     struct Peers {
         v: u32,
         peers: Vec<Value>,
     }
-    let listed: Peers = parse(&answer)?;
+    let listed: Peers = parse(answer)?;
     check_answer_version(listed.v)?;
     Ok(verified_peers(room, listed.peers))
 }

@@ -28,7 +28,7 @@
 //! - `rate`: per-client token buckets. Sans-IO.
 //! - `routes`: the axum router, request guard, handlers, and the one error type that maps to
 //!   responses.
-//! - `server`: [`serve`], [`ServerOptions`], [`Limits`], [`Clock`], the capped listener and the
+//! - `server`: [`serve`], [`router`] (the same service without a socket), [`ServerOptions`], [`Limits`], [`Clock`], the capped listener and the
 //!   debounced snapshot writer.
 //! - `snapshot`: the snapshot file (atomic write, load).
 //! - [`client`]: [`client::register`] and [`client::lookup`] over plain HTTP.
@@ -49,7 +49,7 @@ pub use book::ISSUED_AT_SKEW_MS_MAX;
 pub use error::RendezvousError;
 pub use registration::{room_id, signed_bytes, Registration, ADDR_CHARS_MAX, ROOM_CHARS};
 pub use server::{
-    default_data_dir, serve, Clock, Limits, ServerOptions, CONNECTIONS_MAX, CONNECTIONS_PER_IP_MAX,
+    default_data_dir, router, serve, Clock, Limits, ServerOptions, CONNECTIONS_MAX, CONNECTIONS_PER_IP_MAX,
     CONNECTION_IDLE_TIMEOUT, RATE_CLIENTS_MAX, REGISTRATIONS_MAX, REGISTRATIONS_PER_ROOM_MAX, REQUESTS_PER_S,
     REQUEST_BURST, ROOMS_MAX, SNAPSHOT_DEBOUNCE, TTL_DEFAULT_S, TTL_MAX_S,
 };

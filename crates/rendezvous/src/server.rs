@@ -193,11 +193,43 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    fn new(options: ServerOptions, book: Book) -> Arc<Shared> {
+        let limits = options.limits;
+        Arc::new(Shared {
+            limiter: Mutex::new(RateLimiter::new(limits.requests_per_s, limits.request_burst, limits.rate_clients_max)),
+            book: Mutex::new(book),
+            dirty: AtomicBool::new(false),
+            changed: Notify::new(),
+            options,
+        })
+    }
+
     /// Records that the book changed, so the snapshot writer saves it.
     pub fn changed(&self) {
         self.dirty.store(true, Ordering::Release);
         self.changed.notify_one();
     }
+}
+
+fn empty_book(options: &ServerOptions) -> Book {
+    Book::new(BookLimits {
+        ttl_default_s: options.ttl_default_s,
+        ttl_max_s: options.ttl_max_s,
+        rooms_max: options.limits.rooms_max,
+        registrations_per_room_max: options.limits.registrations_per_room_max,
+        registrations_max: options.limits.registrations_max,
+    })
+}
+
+/// The service's HTTP application over an empty in-memory book, to drive without a socket
+/// (fuzzing, tests): the routes, guard, body limits and book rules of [`serve`], but no
+/// snapshot is loaded or saved (`data_dir` is ignored) and no listener caps connections. With no
+/// connection to take an address from, every request counts as one client for the rate limit
+/// (`limits.requests_per_s = 0` turns it off). Errors: invalid options.
+pub fn router(options: ServerOptions) -> std::io::Result<axum::Router> {
+    options.validate()?;
+    let book = empty_book(&options);
+    Ok(routes::router(Shared::new(options, book)))
 }
 
 /// Serves the rendezvous on `listener` until `shutdown` completes, then waits for requests in
@@ -211,13 +243,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     options.validate()?;
     let limits = options.limits;
-    let mut book = Book::new(BookLimits {
-        ttl_default_s: options.ttl_default_s,
-        ttl_max_s: options.ttl_max_s,
-        rooms_max: limits.rooms_max,
-        registrations_per_room_max: limits.registrations_per_room_max,
-        registrations_max: limits.registrations_max,
-    });
+    let mut book = empty_book(&options);
     let snapshot = match &options.data_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -236,13 +262,7 @@ pub async fn serve(
         }
         None => None,
     };
-    let shared = Arc::new(Shared {
-        limiter: Mutex::new(RateLimiter::new(limits.requests_per_s, limits.request_burst, limits.rate_clients_max)),
-        book: Mutex::new(book),
-        dirty: AtomicBool::new(false),
-        changed: Notify::new(),
-        options,
-    });
+    let shared = Shared::new(options, book);
     let (stop, stopped) = watch::channel(false);
     let writer = snapshot.map(|(path, dropped)| {
         if dropped {

@@ -538,7 +538,7 @@ impl Session {
     /// Closes the session, telling the peer why.
     pub fn close(&mut self, reason: &str) {
         if self.state != State::Closed {
-            self.outbox.push_back(Message::Close { reason: reason.chars().take(200).collect() });
+            self.outbox.push_back(Message::Close { reason: close_reason(reason) });
             self.state = State::Closed;
             self.events.push_back(SessionEvent::Closed(SessionError::Closed(reason.to_string())));
         }
@@ -547,7 +547,7 @@ impl Session {
     fn fail(&mut self, error: SessionError) -> SessionError {
         if self.state != State::Closed {
             if !matches!(error, SessionError::ClosedByPeer(_) | SessionError::Timeout { .. }) {
-                self.outbox.push_back(Message::Close { reason: error.to_string().chars().take(200).collect() });
+                self.outbox.push_back(Message::Close { reason: close_reason(&error.to_string()) });
             }
             self.state = State::Closed;
             self.events.push_back(SessionEvent::Closed(error.clone()));
@@ -564,6 +564,24 @@ impl Session {
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
         self.events.pop_front()
     }
+}
+
+/// Longest close reason sent, in bytes: enough to say why, well within the wire's text limit.
+const CLOSE_REASON_BYTES_MAX: usize = 200;
+const _: () = assert!(CLOSE_REASON_BYTES_MAX <= wire::TEXT_BYTES_MAX);
+
+/// A reason the peer will read: `wire` refuses text with control characters or over its length
+/// limit, and reasons come from errors that may quote anything (store errors, names, addresses).
+/// Control characters become spaces; the text is cut on a character boundary.
+fn close_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len().min(CLOSE_REASON_BYTES_MAX));
+    for c in reason.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if out.len() + c.len_utf8() > CLOSE_REASON_BYTES_MAX {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn kind(message: &Message) -> &'static str {

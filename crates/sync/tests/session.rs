@@ -316,3 +316,31 @@ fn out_of_order_batches_and_bogus_acks_close_the_link() {
     assert!(matches!(receiver.handle_frame(0, &batches[1]), Err(SessionError::Protocol(_))), "batch 2 before batch 1");
     assert!(matches!(sender.handle_frame(0, &wire::encode(&Message::Ack { seq: 99 })), Err(SessionError::Protocol(_))));
 }
+
+#[test]
+fn every_close_reason_we_send_is_one_the_peer_accepts() {
+    // Found by the `handshake` fuzz target: reasons went out cut to 200 characters, which can be
+    // 800 bytes (over the wire's 512-byte text limit), and with control characters, so the peer
+    // refused our Close as a bad frame and never learned why the link closed.
+    let last_close = |session: &mut Session| {
+        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| session.poll_transmit()).collect();
+        match wire::decode(frames.last().expect("a close frame")) {
+            Ok(Message::Close { reason }) => reason,
+            other => panic!("the peer would not read our close: {other:?}"),
+        }
+    };
+    let tea = "🍵".repeat(300);
+    let mut ours = session(A, B, &Store::default(), &config());
+    ours.close(&tea);
+    let sent = last_close(&mut ours);
+    assert!(!sent.is_empty() && tea.starts_with(&sent), "{sent:?}");
+    let mut ours = session(A, B, &Store::default(), &config());
+    ours.close("disk full\nwhile applying");
+    assert_eq!(last_close(&mut ours), "disk full while applying");
+    // A refusal's reason goes out the same way.
+    let refuse = Box::new(move |_: &Hello| Err(format!("{}\n", "🍵".repeat(300))));
+    let mut ours = Session::new(config(), hello(A, GROUP, &VersionVector::new()), B, refuse, 0);
+    let theirs = wire::encode(&Message::Hello(hello(B, GROUP, &VersionVector::new())));
+    assert!(matches!(ours.handle_frame(0, &theirs), Err(SessionError::Refused(_))));
+    assert!(last_close(&mut ours).starts_with("peer refused: 🍵"));
+}
