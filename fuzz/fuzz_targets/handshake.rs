@@ -77,6 +77,8 @@ enum MessageSeed {
         vector: Vec<(DeviceSeed, u64)>,
         scopes: Vec<String>,
         listen_port: Option<u16>,
+        /// Membership entries (arbitrary bytes: the session passes them to admission as is).
+        chain: Vec<Vec<u8>>,
     },
     Batch {
         /// `None`: the sequence number the session expects next.
@@ -166,6 +168,7 @@ impl Driver {
             vector: VersionVector::new(),
             scopes: vec![],
             listen_port: Some(7710),
+            chain: vec![],
         };
         let admission = Box::new(|hello: &Hello| {
             if hello.proof == GOOD_PROOF {
@@ -203,7 +206,7 @@ impl Driver {
 
     fn message(&mut self, seed: MessageSeed) {
         let message = match seed {
-            MessageSeed::Hello { protocol, device, other_group, proof, name, vector: entries, scopes, listen_port } => {
+            MessageSeed::Hello { protocol, device, other_group, proof, name, vector: entries, scopes, listen_port, chain } => {
                 Message::Hello(Hello {
                     protocol: protocol.unwrap_or(PROTOCOL_VERSION),
                     device: match device {
@@ -217,6 +220,7 @@ impl Driver {
                     vector: vector(&entries),
                     scopes,
                     listen_port,
+                    chain,
                 })
             }
             MessageSeed::Batch { seq, changes, count, payload, advance, remaining, caught_up } => {

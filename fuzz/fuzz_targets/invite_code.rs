@@ -12,5 +12,5 @@ fuzz_target!(|data: &[u8]| {
     let code = String::from_utf8_lossy(data);
     let _ = parse_invite(&code);
     // Most random text fails the prefix check: also try the body of a code, with the prefix.
-    let _ = parse_invite(&format!("MSI1-{code}"));
+    let _ = parse_invite(&format!("MSI2-{code}"));
 });
