@@ -193,7 +193,7 @@ pub fn check_peer_addr(peer: &str) -> Result<(), NodeError> {
         && peer.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty()
                 && port.parse::<u16>().is_ok_and(|p| p != 0)
-                && !host.chars().any(|c| c.is_whitespace() || c == '/')
+                && !host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/')
         });
     if ok {
         Ok(())
@@ -235,6 +235,7 @@ mod tests {
             ("durability = \"sometimes\"", "durability"),
             ("heartbeat_interval_ms = 1", "heartbeat"),
             ("rendezvous = [\"ftp://x\"]", "rendezvous"),
+            ("peers = [\"ho\\u0001st:7710\"]", "peer"),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(needle), "{text}: {err}");
