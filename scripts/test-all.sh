@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole meshsync test suite on a fresh machine, installing what it needs first.
 # Used by CI (.ci/run) and by developers: `./scripts/test-all.sh`. The API fuzzing step installs
-# its own pinned schemathesis into target/api-fuzz-venv.
+# its own pinned schemathesis into target/api-fuzz-venv; the cargo-fuzz step installs cargo-fuzz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +49,11 @@ bash tests/dashboard/run.sh target/release/meshsync | tee target/dashboard-outpu
 
 step "benchmark smoke run (figures come from the full run, see BENCHMARKS.md)"
 target/release/meshsync-bench --sizes 1000
+
+step "fuzzing every decoder of outside input (bounded)"
+# Builds the cargo-fuzz targets in fuzz/ (installing cargo-fuzz if missing) and runs each for
+# 20 s; longer runs and their results are in docs/fuzzing.md.
+bash scripts/fuzz.sh 20
 
 passed=$(grep -oE 'test result: ok\. [0-9]+ passed' target/test-output.txt | awk '{s+=$4} END {print s+0}')
 passed=$((passed + $(grep -oE '^ℹ pass [0-9]+' target/dashboard-output.txt | awk '{s+=$3} END {print s+0}')))
