@@ -583,10 +583,19 @@ impl Node {
     /// Whether this device may write anything anywhere (an active admin or unscoped writer, or a
     /// node without a group): then [`Node::check_write`] has nothing to check.
     pub fn may_write_anything(&self) -> bool {
-        self.membership().is_none_or(|m| {
+        let unrestricted = |m: &membership::Member| {
             m.active()
                 && (m.role == membership::Role::Admin || (m.role == membership::Role::Writer && m.scopes.is_empty()))
-        })
+        };
+        // Called on every API write: look the member up without cloning it (and without reading
+        // the saved entry, which only a device not yet in its own roster needs).
+        match self.roster() {
+            None => true,
+            Some(roster) => match roster.member(self.inner.device) {
+                Some(member) => unrestricted(member),
+                None => self.membership().is_none_or(|m| unrestricted(&m)),
+            },
+        }
     }
 
     /// Checks that this device's role and scopes allow a write to `collection/id` (reads the
